@@ -1,0 +1,31 @@
+"""The errors improvd reports to its user, each with the exit code the CLI documents."""
+
+
+class ImprovdError(Exception):
+    """Base of every error improvd reports as one line; ``exit_code`` is the CLI's."""
+
+    exit_code = 1
+
+
+class ConfigError(ImprovdError):
+    """The configuration (file or flags) is invalid; the message lists every problem."""
+
+    exit_code = 1
+
+
+class InputFileError(ImprovdError):
+    """A seed file that cannot be used (missing, empty, truncated, not MIDI, no notes, huge)."""
+
+    exit_code = 2
+
+
+class ModelError(ImprovdError):
+    """The model files are missing, corrupt, or do not match this improvd's vocabulary."""
+
+    exit_code = 3
+
+
+class PortError(ImprovdError):
+    """A MIDI port cannot be found or opened."""
+
+    exit_code = 4
