@@ -1,3 +1,150 @@
-"""The ONNX step model: one LSTM step per event, state held outside the graph."""
+"""The ONNX step model: one LSTM step per event, the state held here, outside the graph.
+
+Holding h/c outside the graph is what makes hearing a note cost one step however long the
+performance has run, and what lets the engine snapshot and restore a speculative answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from improvd import vocab
+from improvd.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class State:
+    """A copy of the recurrent state, cheap enough to keep one per generated event."""
+
+    h: np.ndarray
+    c: np.ndarray
+    logits: np.ndarray | None
+
+
+def read_metadata(onnx_path: Path) -> dict:
+    """The model's JSON beside it, checked against this improvd's vocabulary and format."""
+    json_path = onnx_path.with_suffix(".json")
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: model file not found")
+    try:
+        metadata = json.loads(json_path.read_text())
+    except FileNotFoundError as err:
+        raise ModelError(f"{json_path}: model metadata not found (export writes it beside the .onnx)") from err
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{json_path}: unreadable model metadata: {err}") from err
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{json_path}: model metadata is not a JSON object")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(f"{json_path}: format_version {version!r}, this improvd reads {FORMAT_VERSION}")
+    if metadata.get("vocab") != vocab.spec():
+        raise ModelError(f"{json_path}: vocabulary differs from this improvd's: {_vocab_difference(metadata.get('vocab'))}")
+    architecture = metadata.get("architecture")
+    if not isinstance(architecture, dict) or not all(
+        isinstance(architecture.get(k), int) for k in ("layers", "units")
+    ):
+        raise ModelError(f"{json_path}: architecture.layers/units missing")
+    expected = metadata.get("onnx_sha256")
+    if expected and hashlib.sha256(onnx_path.read_bytes()).hexdigest() != expected:
+        raise ModelError(f"{onnx_path}: sha256 differs from {json_path.name} (file changed or truncated)")
+    return metadata
+
+
+def _vocab_difference(theirs) -> str:
+    ours = vocab.spec()
+    if not isinstance(theirs, dict):
+        return "no vocabulary spec"
+    keys = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    return ", ".join(f"{k}: model {theirs.get(k)!r} != {ours.get(k)!r}" for k in keys)
+
+
+def _cuda_available(ort) -> tuple[bool, str]:
+    """Whether a CUDA session can really be created, and why not; quietly."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA provider"
+    if not any(Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version")):
+        return False, "no NVIDIA driver found"
+    return True, "CUDA provider and NVIDIA driver found"
+
+
+class StepModel:
+    """An ONNX Runtime session over the step graph plus the current state for ``batch`` rows."""
+
+    def __init__(self, onnx_path: str | Path, device: str = "auto", batch: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        self.metadata = read_metadata(self.path)
+        self.layers = self.metadata["architecture"]["layers"]
+        self.units = self.metadata["architecture"]["units"]
+        if device not in DEVICES:
+            raise ModelError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # measured: more threads raise the p99
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # our own log line says which provider runs
+        self.session, self.provider = self._open_session(ort, options, device)
+        names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
+        if names != (["token", "h", "c"], ["logits", "h_out", "c_out"]):
+            raise ModelError(f"{self.path}: inputs/outputs {names} do not follow the step contract")
+        self.steps = 0
+        self.reset(batch)
+
+    def _open_session(self, ort, options, device: str):
+        if device in ("auto", "cuda"):
+            usable, why = _cuda_available(ort)
+            if usable:
+                try:
+                    session = ort.InferenceSession(
+                        str(self.path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+                    )
+                except Exception as err:  # noqa: BLE001 - a broken CUDA install falls back below
+                    usable, why = False, f"CUDA session failed: {str(err).splitlines()[0]}"
+                else:
+                    if session.get_providers()[0] == "CUDAExecutionProvider":
+                        log.info("model %s runs on CUDA (%s)", self.path.name, why)
+                        return session, "cuda"
+                    usable, why = False, "onnxruntime fell back from CUDA"
+            if device == "cuda":
+                raise ModelError(f"device 'cuda' requested but unavailable: {why}")
+            log.info("model %s runs on the CPU, one thread (device=auto: %s)", self.path.name, why)
+        else:
+            log.info("model %s runs on the CPU, one thread (device=cpu)", self.path.name)
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            raise ModelError(f"{self.path}: onnxruntime cannot load it: {str(err).splitlines()[0]}") from err
+        return session, "cpu"
+
+    def reset(self, batch: int | None = None) -> None:
+        """A fresh (silent) state for ``batch`` rows."""
+        self.batch = batch or self.batch
+        self.h = np.zeros((self.layers, self.batch, self.units), np.float32)
+        self.c = np.zeros_like(self.h)
+        self.logits: np.ndarray | None = None
+
+    def step(self, tokens) -> np.ndarray:
+        """Advance every row by one token; the logits [batch, vocab] for what comes next."""
+        feed = {"token": np.asarray(tokens, np.int32).reshape(self.batch), "h": self.h, "c": self.c}
+        self.logits, self.h, self.c = self.session.run(None, feed)
+        self.steps += 1
+        return self.logits
+
+    def snapshot(self) -> State:
+        # session.run returns fresh arrays each step, so references are already copies.
+        return State(self.h, self.c, self.logits)
+
+    def restore(self, state: State) -> None:
+        self.h, self.c, self.logits = state.h, state.c, state.logits
+

@@ -7,6 +7,7 @@ live can never disagree.
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -187,6 +188,25 @@ class Encoder:
         self.sounding -= self.held_by_pedal
         self.held_by_pedal.clear()
         return tokens
+
+    def apply(self, token: int) -> None:
+        """Follow a token that was generated rather than played, so the stream stays one."""
+        event = decode(token)
+        if event.type is EventType.TIME_SHIFT:
+            self.tick += event.value
+        elif event.type is EventType.VELOCITY:
+            self.velocity_bin = event.value
+        elif event.type is EventType.NOTE_ON:
+            self.sounding.add(event.value)
+        else:
+            self.sounding.discard(event.value)
+            self.held_by_pedal.discard(event.value)
+
+    def copy(self) -> Encoder:
+        clone = copy.copy(self)
+        clone.sounding = set(self.sounding)
+        clone.held_by_pedal = set(self.held_by_pedal)
+        return clone
 
     def release_all(self) -> list[int]:
         """NOTE_OFFs for everything still sounding (end of a piece)."""

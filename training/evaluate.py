@@ -1,12 +1,45 @@
-"""Held-out bits/event of an exported model, beside the best n-gram on the same tokens."""
+"""Held-out bits/event of an exported model, beside the best n-gram on the same tokens.
+
+    python -m training.evaluate --model exported/improvd.onnx --data data/corpus \\
+        --report exported/improvd.eval.json
+
+A model's bits/event means little alone: what it learned beyond local statistics shows only
+next to a strong count-based baseline on the very same tokens. The baseline is an
+interpolated Kneser-Ney n-gram model of every order 1..8, counted on the train
+split; each order's discount is tuned on the validation split, the best order is chosen on
+validation, and everything is reported on the test split, which nothing was tuned on. The
+report also times the step model the way the daemon runs it (batch 1, one CPU thread), since
+a model that answers late is no use on stage. Targets: model <= 0.9 x the best n-gram's
+bits/event, step p99 <= 250 us.
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import time
 from pathlib import Path
 
 import numpy as np
 
-from training.train import piece_gap
+from improvd import vocab
+from training.train import load_split, piece_gap
+
+# ---- defaults -------------------------------------------------------------------------
+MODEL = "exported/improvd.onnx"
+DATA = "data/corpus"
+MAX_ORDER = 8  # n-gram orders 1..8
+DISCOUNTS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # grid tuned on validation
+LANES = 64  # test-stream parts the step model advances together
+LATENCY_STEPS = 2000
+WARMUP_STEPS = 200
+TARGET_RATIO = 0.9  # model bits/event <= 0.9 x best n-gram
+TARGET_P99_US = 250.0  # one step on one CPU thread
+# ---------------------------------------------------------------------------------------
 
 
 def stream_of(pieces: list[np.ndarray]) -> np.ndarray:
@@ -15,7 +48,8 @@ def stream_of(pieces: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([part for piece in pieces for part in (piece, gap)]).astype(np.int32)
 
 
-def model_bits_per_event(onnx_path: Path | str, pieces: list[np.ndarray], lanes: int = 64) -> float:
+def model_bits_per_event(onnx_path: Path | str, pieces: list[np.ndarray],
+                         lanes: int = LANES) -> float:
     """Mean -log2 p(next token) of the step model streamed over ``pieces``: the stream is cut
     into ``lanes`` equal parts that advance together, one batched step per position."""
     import onnxruntime as ort
@@ -36,3 +70,241 @@ def model_bits_per_event(onnx_path: Path | str, pieces: list[np.ndarray], lanes:
         log_norm = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
         total += float(np.sum(log_norm - logits[np.arange(lanes), grid[:, position + 1]]))
     return total / (lanes * (length - 1)) / np.log(2)
+
+
+# ---- the n-gram baseline --------------------------------------------------------------
+
+
+def _previous(ids: np.ndarray) -> np.ndarray:
+    """The id one position earlier (-1 at the first): the context of each position."""
+    return np.concatenate(([-1], ids[:-1]))
+
+
+def _take(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """table[index], and 0 where index is -1 (an n-gram or context never seen in training)."""
+    return np.where(index >= 0, table[index], 0).astype(np.float64)
+
+
+class NGram:
+    """Counts of every order up to ``max_order`` over a training stream, for interpolated
+    Kneser-Ney: raw counts for the top order, continuation counts (distinct left
+    neighbours) for the orders below it.
+
+    An n-gram's key is (id of its context (n-1)-gram) * VOCAB_SIZE + token, the ids being
+    positions in the sorted key array of the order below, so keys stay small at any order;
+    counting is np.unique, lookup np.searchsorted.
+    """
+
+    def __init__(self, stream: np.ndarray, max_order: int = MAX_ORDER) -> None:
+        tokens = np.asarray(stream, np.int64)
+        self.levels: list[dict[str, np.ndarray]] = []
+        ids = np.zeros(len(tokens), np.int64)  # order 0: the empty context, everywhere
+        contexts = 1
+        for order in range(1, max_order + 1):
+            context = ids if order == 1 else _previous(ids)
+            seen = np.flatnonzero(context >= 0)
+            keys = context[seen] * vocab.VOCAB_SIZE + tokens[seen]
+            grams, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            counts = np.bincount(inverse, minlength=len(grams))
+            parents = grams // vocab.VOCAB_SIZE
+            level = {
+                "grams": grams,
+                "parents": parents,
+                "count": counts,
+                "total": np.bincount(parents, counts, contexts),
+                "types": np.bincount(parents, minlength=contexts),
+            }
+            if self.levels:  # each distinct n-gram is one left neighbour of its (n-1)-gram suffix
+                below = self.levels[-1]
+                left = np.bincount(ids[seen[first]], minlength=len(below["grams"]))
+                below["left"] = left
+                below["left_total"] = np.bincount(below["parents"], left, len(below["total"]))
+                below["left_types"] = np.bincount(below["parents"], left > 0, len(below["total"]))
+            self.levels.append(level)
+            ids = np.full(len(tokens), -1, np.int64)
+            ids[seen] = inverse
+            contexts = len(grams)
+
+    def statistics(self, stream: np.ndarray) -> list[tuple[tuple, tuple | None]]:
+        """For every order, at every position of ``stream``: (count of the n-gram ending
+        there, total of its context, distinct tokens after its context), raw and by left
+        neighbours (None for the top order)."""
+        tokens = np.asarray(stream, np.int64)
+        ids = np.zeros(len(tokens), np.int64)
+        result = []
+        for order, level in enumerate(self.levels, 1):
+            context = ids if order == 1 else _previous(ids)
+            keys = context * vocab.VOCAB_SIZE + tokens  # negative where the context is unknown
+            at = np.minimum(np.searchsorted(level["grams"], keys), len(level["grams"]) - 1)
+            ids = np.where(level["grams"][at] == keys, at, -1)
+            raw = (_take(level["count"], ids), _take(level["total"], context),
+                   _take(level["types"], context))
+            left = None
+            if "left" in level:
+                left = (_take(level["left"], ids), _take(level["left_total"], context),
+                        _take(level["left_types"], context))
+            result.append((raw, left))
+        return result
+
+
+def _interpolate(stats: tuple, lower: np.ndarray, discount: float) -> np.ndarray:
+    """Absolute discounting: what the discount takes from seen tokens goes to ``lower``."""
+    count, total, types = stats
+    mixed = (np.maximum(count - discount, 0) + discount * types * lower) / np.maximum(total, 1)
+    return np.where(total > 0, mixed, lower)
+
+
+def ngram_probabilities(statistics: list, discount: float) -> list[np.ndarray]:
+    """p(token at each position) under the order 1, 2, ... models, down to uniform."""
+    lower = np.full(len(statistics[0][0][0]), 1 / vocab.VOCAB_SIZE)
+    result = []
+    for raw, left in statistics:
+        result.append(_interpolate(raw, lower, discount))
+        if left is not None:
+            lower = _interpolate(left, lower, discount)
+    return result
+
+
+def bits(probabilities: np.ndarray) -> float:
+    return float(-np.mean(np.log2(probabilities)))
+
+
+def ngram_baseline(train: np.ndarray, validation: np.ndarray, test: np.ndarray,
+                   max_order: int = MAX_ORDER, discounts=DISCOUNTS) -> dict:
+    """Each order's discount tuned on validation; the best order chosen on validation."""
+    started = time.monotonic()
+    model = NGram(train, max_order)
+    validation_statistics = model.statistics(validation)
+    tuning = np.array([[bits(p) for p in ngram_probabilities(validation_statistics, d)]
+                       for d in discounts])  # [discount, order]
+    chosen = [discounts[i] for i in tuning.argmin(0)]
+    test_statistics = model.statistics(test)
+    on_test = {d: ngram_probabilities(test_statistics, d) for d in set(chosen)}
+    orders = [
+        {"order": order, "discount": chosen[order - 1],
+         "validation_bits_per_event": float(tuning.min(0)[order - 1]),
+         "test_bits_per_event": bits(on_test[chosen[order - 1]][order - 1])}
+        for order in range(1, max_order + 1)
+    ]
+    best = min(orders, key=lambda row: row["validation_bits_per_event"])
+    return {"orders": orders, "best_order": best["order"],
+            "best_test_bits_per_event": best["test_bits_per_event"],
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+# ---- step latency ---------------------------------------------------------------------
+
+
+def step_session(onnx_path: Path | str, threads: int = 1, providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session set up as the daemon's: ``threads`` intra-op, one inter-op."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), options, providers=list(providers))
+
+
+def step_times(session, batch: int = 1, steps: int = LATENCY_STEPS,
+               warmup: int = WARMUP_STEPS) -> np.ndarray:
+    """Seconds of each of ``steps`` timed calls (after ``warmup`` untimed ones), the state
+    fed back from call to call as in the daemon."""
+    layers, _, units = session.get_inputs()[1].shape
+    h = np.zeros((layers, batch, units), np.float32)
+    c = np.zeros_like(h)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, vocab.VOCAB_SIZE, (warmup + steps, batch), np.int32)
+    times = np.empty(steps)
+    for i, token in enumerate(tokens):
+        started = time.perf_counter()
+        _, h, c = session.run(None, {"token": token, "h": h, "c": c})
+        if i >= warmup:
+            times[i - warmup] = time.perf_counter() - started
+    return times
+
+
+def latency(times: np.ndarray) -> dict:
+    return {"p50_us": float(np.percentile(times, 50) * 1e6),
+            "p99_us": float(np.percentile(times, 99) * 1e6),
+            "mean_us": float(times.mean() * 1e6),
+            "steps_per_s": float(len(times) / times.sum())}
+
+
+def machine() -> dict:
+    """Where the numbers were measured: timings mean nothing without it."""
+    import onnxruntime
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=MODEL, help="exported step model (.onnx)")
+    parser.add_argument("--data", default=DATA, help="prepared data (train/validation/test.npz)")
+    parser.add_argument("--report", default=None, help="JSON report (default: <model>.eval.json)")
+    parser.add_argument("--max-order", type=int, default=MAX_ORDER, help="highest n-gram order")
+    parser.add_argument("--latency-steps", type=int, default=LATENCY_STEPS,
+                        help=f"timed steps (after {WARMUP_STEPS} warm-up steps)")
+    args = parser.parse_args(argv)
+
+    model_path, data = Path(args.model), Path(args.data)
+    report_path = Path(args.report) if args.report else model_path.with_suffix(".eval.json")
+    metadata_path = model_path.with_suffix(".json")
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    splits = ("train", "validation", "test")
+    streams = {split: stream_of(load_split(data, split)) for split in splits}
+
+    model_bits = model_bits_per_event(model_path, load_split(data, "test"))
+    ngram = ngram_baseline(streams["train"], streams["validation"], streams["test"], args.max_order)
+    ratio = model_bits / ngram["best_test_bits_per_event"]
+    step = latency(step_times(step_session(model_path), 1, args.latency_steps))
+    latency_met = step["p99_us"] <= TARGET_P99_US
+
+    report = {
+        "model": {"path": str(model_path),
+                  "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+                  "precision": metadata.get("precision"),
+                  "architecture": metadata.get("architecture")},
+        "data": {"path": str(data), "tokens": {split: len(s) for split, s in streams.items()}},
+        "model_test_bits_per_event": model_bits,
+        "ngram": ngram,
+        "ratio_to_best_ngram": ratio,
+        "target_ratio": TARGET_RATIO,
+        "ratio_target_met": bool(ratio <= TARGET_RATIO),
+        "latency": {**step, "threads": 1, "batch": 1, "steps": args.latency_steps,
+                    "target_p99_us": TARGET_P99_US, "target_met": bool(latency_met)},
+        "machine": machine(),
+    }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2))
+
+    arch = metadata.get("architecture") or {}
+    size = f"{arch['layers']}x{arch['units']}" if arch else "?"
+    print(f"evaluate: {model_path} ({metadata.get('precision', '?')}, {size}) on {data}, "
+          f"test {len(streams['test'])} tokens")
+    print(f"  {'':<16}{'validation':>12}{'test':>10}{'discount':>10}   bits/event")
+    for row in ngram["orders"]:
+        mark = "  <- best on validation" if row["order"] == ngram["best_order"] else ""
+        print(f"  n-gram order {row['order']:<3}{row['validation_bits_per_event']:>12.4f}"
+              f"{row['test_bits_per_event']:>10.4f}{row['discount']:>10.2f}{mark}")
+    print(f"  {'model':<16}{'':>12}{model_bits:>10.4f}")
+    print(f"  ratio model / best n-gram: {ratio:.3f}  (target <= {TARGET_RATIO}: "
+          f"{'met' if report['ratio_target_met'] else 'MISSED'})")
+    print(f"  step latency, 1 thread, batch 1: p50 {step['p50_us']:.0f} us, "
+          f"p99 {step['p99_us']:.0f} us  (target p99 <= {TARGET_P99_US:.0f} us: "
+          f"{'met' if latency_met else 'MISSED'})")
+    print(f"evaluate: wrote {report_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The running daemon: where the pure engine meets threads, ports, signals and systemd.
+
+Start-up runs in a fixed order (config -> model -> ports -> engine -> scheduler) so that a
+bad model never leaves ports open; shutdown undoes it in reverse, in ``finally``, and the
+scheduler's stop releases every note whatever the exit path.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+
+import mido
+
+from improvd import engine as engine_module
+from improvd import sampler as sampler_module
+from improvd.config import Config, load_config
+from improvd.engine import Engine, Reply, Timed
+from improvd.errors import ImprovdError
+from improvd.model import StepModel
+from improvd.notify import Notifier
+from improvd.ports import InputPort, OutputPort, backend
+from improvd.scheduler import Scheduler, all_notes_off
+from improvd.seed import read_seed
+from improvd.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 2048  # queued input messages beyond which new notes are dropped
+HARD_MAX_PENDING = 8192  # beyond which everything is dropped: memory stays bounded
+LOOP_MAX_WAIT_S = 0.05
+RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
+
+
+def engine_settings(config: Config) -> engine_module.Settings:
+    e, p, c = config.engine, config.ports, config.controls
+    return engine_module.Settings(
+        mode=e.mode, silence_ms=e.silence_ms, min_answer_s=e.min_answer_s, max_answer_s=e.max_answer_s,
+        answer_ratio=e.answer_ratio, lookahead_ms=e.lookahead_ms,
+        input_channels=frozenset(ch - 1 for ch in p.input_channels), output_channel=p.output_channel - 1,
+        passthrough=p.passthrough, temperature_cc=c.temperature_cc, answer_length_cc=c.answer_length_cc,
+        mode_cc=c.mode_cc, panic_cc=c.panic_cc, clock=c.clock,
+    )
+
+
+def sampler_settings(config: Config) -> sampler_module.Settings:
+    s = config.sampler
+    return sampler_module.Settings(
+        temperature=s.temperature, top_p=s.top_p, max_polyphony=s.max_polyphony,
+        max_note_s=s.max_note_s, pitch_low=s.pitch_low, pitch_high=s.pitch_high,
+    )
+
+
+def build_engine(config: Config, model: StepModel, now: float) -> Engine:
+    sampler = sampler_module.Sampler(sampler_settings(config), engine_module.make_rng(config.engine.seed))
+    return Engine(model, sampler, engine_settings(config), now)
+
+
+class Inbox:
+    """The input callback's queue: bounded, and under a flood it drops new notes before it
+    drops anything that ends one."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.items: deque[tuple[float, mido.Message]] = deque()
+        self.ready = threading.Condition()
+        self.telemetry = telemetry
+
+    def put(self, message: mido.Message) -> None:
+        arrival = time.monotonic()
+        with self.ready:
+            size = len(self.items)
+            if size >= HARD_MAX_PENDING or (size >= MAX_PENDING and message.type not in RELEASE_TYPES):
+                self.telemetry.count("input_dropped")
+                return
+            self.items.append((arrival, message))
+            self.ready.notify()
+
+    def take(self, timeout: float) -> list[tuple[float, mido.Message]]:
+        with self.ready:
+            if not self.items and timeout > 0:
+                self.ready.wait(timeout)
+            taken = list(self.items)
+            self.items.clear()
+            return taken
+
+
+class Daemon:
+    def __init__(self, config: Config, seed_file: Path | None = None, seed_track: int | None = None,
+                 length: float | None = None, config_path: Path | None = None,
+                 overrides: dict | None = None) -> None:
+        self.config = config
+        self.seed_file, self.seed_track, self.length = seed_file, seed_track, length
+        self.config_path, self.overrides = config_path, overrides or {}
+        self.telemetry = Telemetry()
+        self.notifier = Notifier()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.report_requested = threading.Event()
+        self.inbox = Inbox(self.telemetry)
+        self.model: StepModel | None = None
+        self.engine: Engine | None = None
+        self.scheduler: Scheduler | None = None
+        self.input: InputPort | None = None
+        self.output: OutputPort | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self.report_requested.set())
+
+    def run(self) -> int:
+        seed = read_seed(self.seed_file, self.seed_track) if self.seed_file else None  # bad file: before anything opens
+        self.model = StepModel(self.config.model.path, self.config.model.device)
+        try:
+            self._open_ports()
+            self.engine = build_engine(self.config, self.model, time.monotonic())
+            realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
+            self.scheduler = Scheduler(self.output.send, self.telemetry, realtime_priority=realtime)
+            self.scheduler.start()
+            self._startup_messages(seed)
+            self.notifier.ready(self.status())
+            log.info("ready: %s", self.status())
+            self._loop()
+        finally:
+            self.notifier.stopping()
+            if self.scheduler is not None:
+                self.scheduler.stop()
+            for port in (self.input, self.output):
+                if port is not None:
+                    port.close()
+            log.info("stopped: %s", self.telemetry_line())
+            self.notifier.close()
+        return 0
+
+    def _open_ports(self) -> None:
+        p = self.config.ports
+        midi = backend(p.api)
+        self.output = OutputPort(midi, p.output or p.virtual_output, virtual=not p.output)
+        self.output.open()
+        self.input = InputPort(midi, p.input or p.virtual_input, virtual=not p.input, callback=self.inbox.put)
+        self.input.open()
+        log.info("ports: in %s, out %s (api %s)", self.input, self.output, p.api)
+
+    def _startup_messages(self, seed) -> None:
+        now = time.monotonic()
+        messages = []
+        if self.config.ports.program >= 0:
+            messages.append(Timed(now, mido.Message("program_change", program=self.config.ports.program,
+                                                    channel=self.config.ports.output_channel - 1)))
+        self.scheduler.submit(Reply(messages))
+        if seed is not None:
+            log.info("seed %s: %d messages, %.1f s", self.seed_file, len(seed), seed[-1][0] if seed else 0)
+            self.scheduler.submit(self.engine.seed(seed, now, self.length))
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_report = time.monotonic() + (self.config.telemetry.interval_s or float("inf"))
+        next_port_check = time.monotonic() + self.config.ports.reconnect_s
+        next_watchdog = time.monotonic()
+        while not self.stop_requested.is_set():
+            now = time.monotonic()
+            wake = self.engine.next_wakeup(now)
+            timeout = LOOP_MAX_WAIT_S if wake is None else min(LOOP_MAX_WAIT_S, max(0.0, wake - now))
+            for arrival, message in self.inbox.take(timeout):
+                self.scheduler.submit(self.engine.on_message(message, arrival))
+                self.telemetry.record("input_to_state", time.monotonic() - arrival)
+            self.scheduler.submit(self.engine.poll(time.monotonic()))
+            now = time.monotonic()
+            if self.notifier.watchdog_interval and self.config.service.watchdog and now >= next_watchdog:
+                self.notifier.watchdog()  # from this loop: a wedged engine stops the pings
+                self.notifier.status(self.status())
+                next_watchdog = now + self.notifier.watchdog_interval
+            if now >= next_port_check:
+                self._check_ports()
+                next_port_check = now + self.config.ports.reconnect_s
+            if now >= next_report or self.report_requested.is_set():
+                self.report_requested.clear()
+                log.info("telemetry: %s", self.telemetry_line())
+                next_report = now + (self.config.telemetry.interval_s or float("inf"))
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+
+    def _check_ports(self) -> None:
+        was_open = self.output.port is not None
+        self.output.check()
+        self.input.check()
+        if self.output.port is not None and not was_open:
+            self.scheduler.release_all()
+            for message in all_notes_off():
+                self.output.send(message)
+
+    def reload(self) -> None:
+        """SIGHUP: new config and model without closing the ports; a bad one is refused and
+        the running one goes on."""
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path, self.overrides)
+            model = StepModel(config.model.path, config.model.device)
+        except ImprovdError as err:
+            log.error("reload refused, keeping the running configuration: %s", str(err).replace("\n", "; "))
+            self.notifier.ready(self.status())
+            return
+        if replace(config.ports, reconnect_s=0) != replace(self.config.ports, reconnect_s=0):
+            log.warning("reload: [ports] changes take effect at the next restart")
+        self.scheduler.submit(self.engine.panic(time.monotonic()))
+        self.scheduler.release_all()
+        self.config, self.model = config, model
+        self.engine = build_engine(config, model, time.monotonic())
+        log.info("reloaded %s: model %s", config.source, config.model.path)
+        self.notifier.ready(self.status())
+
+    # ---- status ----------------------------------------------------------------------------
+
+    def status(self) -> str:
+        engine = self.engine
+        parts = [f"mode {engine.settings.mode if engine else self.config.engine.mode}",
+                 f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
+        if engine is not None and engine.clock_bpm:
+            parts.append(f"clock {engine.clock_bpm:.0f} bpm")
+        if engine is not None and not engine.playing:
+            parts.append("stopped by MIDI clock")
+        latency = self.telemetry.snapshot()["latency"]["phrase_end_to_first_note"]
+        if latency["n"]:
+            parts.append(f"answer p99 {latency['p99_ms']:.1f} ms")
+        return ", ".join(parts)
+
+    def telemetry_line(self) -> str:
+        extra: dict[str, object] = {}
+        if self.engine is not None:
+            c = self.engine.counters
+            extra.update(notes_in=c.notes_in, notes_out=c.notes_out, answers=c.answers,
+                         barge_ins=c.barge_ins, ignored=c.messages_ignored)
+        if self.model is not None:
+            extra["model_steps"] = self.model.steps
+        return self.telemetry.line(extra)

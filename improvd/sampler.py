@@ -1,0 +1,84 @@
+"""Turning logits into the next event: temperature, top-p, and a grammar mask that keeps
+the output playable MIDI whatever the network says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from improvd import vocab
+
+ON, OFF = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET
+SHIFT, VELOCITY = vocab.TIME_SHIFT_OFFSET, vocab.VELOCITY_OFFSET
+
+
+@dataclass
+class Settings:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_polyphony: int = 4
+    max_note_s: float = 4.0
+    pitch_low: int = 21
+    pitch_high: int = 108
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """What the mask needs to know about the stream at this point."""
+
+    own_notes: dict[int, int]  # pitch -> start tick, notes the model is sounding
+    sounding: frozenset[int]  # every key sounding in the stream (player's and model's)
+    tick: int  # the stream's current time, in 10 ms ticks
+    velocity_bin: int | None
+    after_velocity: bool  # the previous token was a VELOCITY
+    note_first: bool  # no silence allowed before the next note (the answer's first note)
+
+
+class Sampler:
+    def __init__(self, settings: Settings, rng: np.random.Generator) -> None:
+        self.settings = settings
+        self.rng = rng
+
+    def mask(self, grammar: Grammar) -> np.ndarray:
+        """Allowed tokens: NOTE_OFF only for the model's own sounding notes; NOTE_ON only for
+        silent keys in range under the polyphony cap; TIME_SHIFT no further than the moment
+        the oldest note reaches max_note_s, which then must be released."""
+        s = self.settings
+        allowed = np.zeros(vocab.VOCAB_SIZE, bool)
+        max_ticks = round(s.max_note_s / vocab.TICK_S)
+        overdue = [p for p, start in grammar.own_notes.items() if grammar.tick - start >= max_ticks]
+        if overdue:
+            allowed[[OFF + p for p in overdue]] = True
+            return allowed
+        for pitch, start in grammar.own_notes.items():
+            allowed[OFF + pitch] = start < grammar.tick  # a note lasts at least one tick
+        if len(grammar.own_notes) < s.max_polyphony:
+            allowed[ON + s.pitch_low : ON + s.pitch_high + 1] = True
+            for pitch in grammar.sounding:
+                allowed[ON + pitch] = False
+        if not grammar.after_velocity:
+            allowed[VELOCITY : VELOCITY + vocab.VELOCITY_BINS] = True
+            if grammar.velocity_bin is not None:
+                allowed[VELOCITY + grammar.velocity_bin] = False
+            if not grammar.note_first:
+                longest = vocab.MAX_SHIFT_TICKS
+                if grammar.own_notes:
+                    oldest = min(grammar.own_notes.values())
+                    longest = min(longest, oldest + max_ticks - grammar.tick)
+                allowed[SHIFT : SHIFT + longest] = True
+        if not allowed.any():  # every key in range is held by the player: wait
+            allowed[SHIFT] = True
+        return allowed
+
+    def sample(self, logits: np.ndarray, grammar: Grammar) -> int:
+        """One token drawn from the masked, tempered, nucleus-truncated distribution."""
+        allowed = self.mask(grammar)
+        scaled = np.where(allowed, logits.astype(np.float64) / self.settings.temperature, -np.inf)
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        order = np.argsort(probs)[::-1]
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, self.settings.top_p)) + 1]
+        kept = probs[keep] / probs[keep].sum()
+        return int(keep[self.rng.choice(len(keep), p=kept)])

@@ -1,0 +1,150 @@
+"""Seed files: reading a motif safely, and continuing it into a MIDI file with no ports.
+
+The offline continuation drives the same engine as the live daemon, in simulated time:
+the motif is played into it as if by a player, and what it answers is written out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mido
+
+from improvd import vocab
+from improvd.engine import Engine
+from improvd.errors import ImprovdError, InputFileError
+
+log = logging.getLogger(__name__)
+
+MAX_SEED_BYTES = 8 * 1024 * 1024  # a seed is a motif, not a symphony collection
+SEED_WINDOW_S = 120.0  # only the last two minutes are folded in: the LSTM forgets earlier
+SIMULATION_STEP_S = 0.01
+
+
+def read_seed(path: Path, track: int | None = None) -> list[tuple[float, mido.Message]]:
+    """(seconds from the first note, message) for the note and pedal messages of a MIDI
+    file; InputFileError with a one-line reason for anything unusable."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise InputFileError(f"{path}: cannot read seed file: {err.strerror}") from err
+    if not path.is_file():
+        raise InputFileError(f"{path}: not a file")
+    if size == 0:
+        raise InputFileError(f"{path}: empty file")
+    if size > MAX_SEED_BYTES:
+        raise InputFileError(f"{path}: too large for a seed ({size / 2**20:.1f} MiB, limit {MAX_SEED_BYTES // 2**20} MiB)")
+    try:
+        midi = mido.MidiFile(path)
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as err:
+        reason = str(err) or type(err).__name__
+        raise InputFileError(f"{path}: not a readable MIDI file ({reason})") from err
+    if track is not None and not 0 <= track < len(midi.tracks):
+        raise InputFileError(f"{path}: no track {track} (the file has {len(midi.tracks)}: 0..{len(midi.tracks) - 1})")
+    try:
+        messages = [
+            (t, m) for t, m in vocab.midi_messages(midi, track)
+            if m.type in ("note_on", "note_off") or (m.type == "control_change" and m.control == vocab.SUSTAIN_CC)
+        ]
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise InputFileError(f"{path}: corrupt MIDI data ({err})") from err
+    messages = [(t, m) for t, m in messages if getattr(m, "channel", 0) != vocab.DRUM_CHANNEL]
+    onsets = [t for t, m in messages if m.type == "note_on" and m.velocity > 0]
+    if not onsets:
+        raise InputFileError(f"{path}: no notes to continue" + (f" in track {track}" if track is not None else ""))
+    start = onsets[0]
+    end = messages[-1][0]
+    if end - start > SEED_WINDOW_S:
+        start = end - SEED_WINDOW_S
+        log.info("%s: %.0f s long; priming with its last %.0f s", path, end - onsets[0], SEED_WINDOW_S)
+    return [(t - start, m) for t, m in messages if t >= start]
+
+
+def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
+                     length: float | None) -> list[vocab.Note]:
+    """The continuation's notes, generated in simulated time right after the motif; its
+    length is ``length`` seconds, or follows the motif's as a live answer would."""
+    motif_end = seed[-1][0]
+    start = 10.0  # simulated clock; any value works, the engine only sees differences
+    replies = [engine.seed(seed, start + motif_end, length)]
+    now = start + motif_end
+    limit = now + engine.settings.silence_ms / 1000 + (length or engine.settings.max_answer_s) + 5
+    while now < limit:
+        replies.append(engine.poll(now))
+        if replies[-1].messages == [] and not engine.answering and engine.counters.answers:
+            break
+        now += SIMULATION_STEP_S
+    notes: list[vocab.Note] = []
+    sounding: dict[int, tuple[float, int]] = {}
+    offset = start
+    for reply in replies:
+        for timed in reply.messages:
+            message = timed.message
+            if timed.passthrough or message.type not in ("note_on", "note_off"):
+                continue
+            if message.type == "note_on" and message.velocity > 0:
+                sounding[message.note] = (timed.time - offset, message.velocity)
+            elif message.note in sounding:
+                begin, velocity = sounding.pop(message.note)
+                notes.append(vocab.Note(message.note, velocity, begin, timed.time - offset))
+    if sounding:
+        raise ImprovdError(f"internal error: continuation left notes {sorted(sounding)} sounding")
+    return notes
+
+
+def write_continuation(path: Path, seed: list[tuple[float, mido.Message]], continuation: list[vocab.Note],
+                       channel: int) -> None:
+    """Motif and continuation as a type-1 file: track 1 the motif, track 2 improvd."""
+    motif_notes = seed_notes(seed)
+    out = mido.MidiFile(type=1, ticks_per_beat=480)
+    for name, notes, ch in (("motif", motif_notes, 0), ("improvd", continuation, channel)):
+        track = vocab.notes_to_midi(notes, channel=ch).tracks[0]
+        track.insert(0, mido.MetaMessage("track_name", name=name, time=0))
+        out.tracks.append(track)
+    try:
+        out.save(path)
+    except OSError as err:
+        raise InputFileError(f"{path}: cannot write output file: {err.strerror}") from err
+
+
+def seed_notes(seed: list[tuple[float, mido.Message]]) -> list[vocab.Note]:
+    """The motif's notes as the model heard them (pedal folded, 10 ms grid)."""
+    encoder = vocab.Encoder()
+    tokens: list[int] = []
+    for time, message in seed:
+        tokens += encoder.feed(message, time)
+    return vocab.tokens_to_notes(tokens + encoder.release_all())
+
+
+def plot_piano_roll(path: Path, motif: list[vocab.Note], continuation: list[vocab.Note]) -> None:
+    """A piano-roll PNG: the motif in grey, the continuation in colour by velocity."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImprovdError("--plot needs matplotlib: pip install 'improvd[train]'") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    colormap = plt.get_cmap("viridis")
+    for notes, coloured in ((motif, False), (continuation, True)):
+        for n in notes:
+            shade = colormap(n.velocity / 127) if coloured else (0.55, 0.55, 0.55)
+            ax.add_patch(plt.Rectangle((n.start, n.pitch - 0.4), n.end - n.start, 0.8, color=shade))
+    everything = motif + continuation
+    ax.set_xlim(0, max(n.end for n in everything) + 0.2)
+    ax.set_ylim(min(n.pitch for n in everything) - 2, max(n.pitch for n in everything) + 2)
+    if motif and continuation:
+        ax.axvline(continuation[0].start, color="red", lw=0.8, ls="--")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title("motif (grey) and improvd's continuation (colour = velocity)")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:
+        raise InputFileError(f"{path}: cannot write plot: {err.strerror}") from err
+    finally:
+        plt.close(fig)

@@ -1,0 +1,278 @@
+"""The offline pipeline end to end, on a handful of pieces and a tiny model: prepare -> train
+one epoch -> export (parity, int8) -> evaluate, each as its own `python -m training.<name>`,
+the way `make model` runs them; plus the n-gram baseline against its definition."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from improvd import vocab
+from improvd.model import FORMAT_VERSION
+from training import evaluate
+from training.train import piece_gap
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS, UNITS, EMBEDDING = 2, 32, 16
+SPLITS = ("train", "validation", "test")
+UNIFORM_BITS = math.log2(vocab.VOCAB_SIZE)
+
+
+def run(module: str, *args) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", f"training.{module}", *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"training.{module} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    data, run_dir, out = tmp / "data", tmp / "run", tmp / "exported" / "tiny"
+    prepared = run("prepare", "--corpus", "essenFolksong,bach", "--limit", 2, "--out", data)
+    run("train", "--data", data, "--out", run_dir, "--layers", LAYERS, "--units", UNITS,
+        "--embedding", EMBEDDING, "--epochs", 1, "--steps-per-epoch", 3, "--seq-len", 64,
+        "--batch", 8)
+    exported = run("export", "--run", run_dir, "--weights", "last", "--out", out, "--quantize")
+    evaluated = run("evaluate", "--model", out.with_suffix(".onnx"), "--data", data,
+                    "--report", tmp / "eval.json", "--latency-steps", 300)
+    return SimpleNamespace(data=data, run=run_dir, onnx=out.with_suffix(".onnx"),
+                           metadata=json.loads(out.with_suffix(".json").read_text()),
+                           report=json.loads((tmp / "eval.json").read_text()),
+                           prepared=prepared, exported=exported, evaluated=evaluated)
+
+
+# ---- prepare --------------------------------------------------------------------------
+
+
+def test_prepared_arrays_agree_with_the_manifest(pipeline):
+    manifest = json.loads((pipeline.data / "manifest.json").read_text())
+    assert manifest["vocab"] == vocab.spec()
+    assert manifest["sources"] == {"corpus": ["essenFolksong", "bach"], "folders": [], "limit": 2}
+    assert manifest["files"] == 4
+    assert manifest["skipped"] == []
+    for split in SPLITS:
+        archive = np.load(pipeline.data / f"{split}.npz")
+        tokens, offsets = archive["tokens"], archive["offsets"]
+        assert tokens.dtype == np.int16 and tokens.ndim == 1
+        assert 0 <= tokens.min() and tokens.max() < vocab.VOCAB_SIZE
+        assert offsets[0] == 0 and offsets[-1] == len(tokens)
+        assert np.all(np.diff(offsets) > 0)  # no empty piece
+        assert manifest["splits"][split] == {"pieces": len(offsets) - 1, "tokens": len(tokens)}
+        assert manifest["splits"][split]["pieces"] > 0
+    pieces = sum(manifest["splits"][s]["pieces"] for s in SPLITS)
+    tokens = sum(manifest["splits"][s]["tokens"] for s in SPLITS)
+    assert f"4 files, {pieces} pieces, {tokens} tokens, 0 skipped" in pipeline.prepared
+    assert manifest["splits"]["train"]["pieces"] > 5 * manifest["splits"]["test"]["pieces"]
+
+
+# ---- train ----------------------------------------------------------------------------
+
+
+def test_training_run_records_its_arguments_and_state(pipeline):
+    args = json.loads((pipeline.run / "args.json").read_text())
+    assert (args["layers"], args["units"], args["embedding"]) == (LAYERS, UNITS, EMBEDDING)
+    assert (args["seq_len"], args["batch"], args["epochs"]) == (64, 8, 1)
+    assert Path(args["data"]) == pipeline.data
+    assert args["vocab"] == vocab.spec()
+    state = json.loads((pipeline.run / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert math.isfinite(state["best_val_loss"])
+    assert state["best_val_bits_per_event"] == pytest.approx(state["best_val_loss"] / math.log(2))
+    assert 0 < state["best_val_bits_per_event"] < UNIFORM_BITS + 0.5  # barely trained: ~uniform
+    assert state["tokens_per_s"] > 0
+    for name in ("last.weights.h5", "best.weights.h5", "curve.png"):
+        assert (pipeline.run / name).stat().st_size > 0
+    assert len((pipeline.run / "log.csv").read_text().splitlines()) == 2  # header + one epoch
+
+
+# ---- export ---------------------------------------------------------------------------
+
+
+def test_onnx_step_model_has_the_contract_names_and_shapes(pipeline):
+    graph = onnx.load(str(pipeline.onnx)).graph
+    shapes = {value.name: [d.dim_value or "batch" for d in value.type.tensor_type.shape.dim]
+              for value in list(graph.input) + list(graph.output)}
+    assert [v.name for v in graph.input] == ["token", "h", "c"]
+    assert [v.name for v in graph.output] == ["logits", "h_out", "c_out"]
+    assert shapes["token"] == ["batch"]
+    for name in ("h", "c", "h_out", "c_out"):
+        assert shapes[name] == [LAYERS, "batch", UNITS]
+    assert shapes["logits"] == ["batch", vocab.VOCAB_SIZE]
+
+    session = onnxruntime.InferenceSession(str(pipeline.onnx), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(int32)"
+    h = np.zeros((LAYERS, 3, UNITS), np.float32)
+    logits, h_out, c_out = session.run(None, {"token": np.array([0, 200, 387], np.int32),
+                                              "h": h, "c": h})
+    assert logits.shape == (3, vocab.VOCAB_SIZE) and h_out.shape == c_out.shape == h.shape
+    assert np.all(np.isfinite(logits)) and np.any(h_out != 0)
+
+
+def test_metadata_describes_the_exported_file(pipeline):
+    meta = pipeline.metadata
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["vocab"] == vocab.spec()
+    assert meta["onnx_file"] == pipeline.onnx.name
+    assert meta["onnx_sha256"] == hashlib.sha256(pipeline.onnx.read_bytes()).hexdigest()
+    assert meta["architecture"] == {"layers": LAYERS, "units": UNITS, "embedding": EMBEDDING,
+                                    "cell": "lstm", "dropout": 0.1}
+    assert meta["training"]["arguments"] == json.loads((pipeline.run / "args.json").read_text())
+    assert meta["training"]["state"] == json.loads((pipeline.run / "state.json").read_text())
+    assert meta["training"]["weights"] == "last"
+    assert meta["training"]["data"]["splits"] == json.loads(
+        (pipeline.data / "manifest.json").read_text())["splits"]
+
+
+def test_export_checked_parity_and_quantization(pipeline):
+    report = pipeline.metadata["export"]
+    assert report["parity_tokens"] == 512
+    assert 0 <= report["parity_max_abs_diff"] <= 1e-3
+    assert "parity over 512 tokens" in pipeline.exported
+    assert pipeline.metadata["precision"] == "int8"
+    assert math.isfinite(report["fp32_bits_per_event"]) and math.isfinite(report["int8_bits_per_event"])
+    assert report["quantization_loss"] == pytest.approx(
+        report["int8_bits_per_event"] / report["fp32_bits_per_event"] - 1)
+    assert report["quantization_loss"] <= 0.02
+    assert pipeline.metadata["held_out_bits_per_event"] == report["int8_bits_per_event"]
+    graph = onnx.load(str(pipeline.onnx)).graph
+    assert "MatMulInteger" in {node.op_type for node in graph.node}
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
+
+
+# ---- evaluate -------------------------------------------------------------------------
+
+
+def test_evaluation_report(pipeline):
+    report = pipeline.report
+    assert report["model"]["sha256"] == pipeline.metadata["onnx_sha256"]
+    assert report["model"]["architecture"] == pipeline.metadata["architecture"]
+    model_bits = report["model_test_bits_per_event"]
+    assert model_bits == pytest.approx(pipeline.metadata["held_out_bits_per_event"], abs=1e-6)
+
+    ngram = report["ngram"]
+    orders = ngram["orders"]
+    assert [row["order"] for row in orders] == list(range(1, 9))
+    validation = [row["validation_bits_per_event"] for row in orders]
+    assert all(math.isfinite(row["test_bits_per_event"]) for row in orders)
+    assert validation[0] < UNIFORM_BITS
+    assert validation[1] < validation[0] and validation[2] < validation[1]
+    assert all(row["discount"] in evaluate.DISCOUNTS for row in orders)
+    assert ngram["best_order"] == 1 + int(np.argmin(validation))
+    best = orders[ngram["best_order"] - 1]
+    assert ngram["best_test_bits_per_event"] == best["test_bits_per_event"]
+    assert report["ratio_to_best_ngram"] == pytest.approx(model_bits / best["test_bits_per_event"])
+    assert report["ratio_to_best_ngram"] > 1  # three training steps cannot beat counting
+    assert report["ratio_target_met"] is False
+
+    tokens = report["data"]["tokens"]
+    for split in SPLITS:
+        pieces = json.loads((pipeline.data / "manifest.json").read_text())["splits"][split]
+        assert tokens[split] == pieces["tokens"] + pieces["pieces"] * len(piece_gap())
+
+    step = report["latency"]
+    assert (step["threads"], step["batch"], step["steps"]) == (1, 1, 300)
+    assert 0 < step["p50_us"] <= step["p99_us"]
+    assert step["target_p99_us"] == 250
+    assert step["target_met"] == (step["p99_us"] <= 250)
+    machine = report["machine"]
+    assert machine["onnxruntime"] == onnxruntime.__version__ and machine["cpu"]
+    datetime.datetime.fromisoformat(machine["date"])
+    assert re.search(rf"n-gram order {ngram['best_order']} .*<- best on validation",
+                     pipeline.evaluated)
+
+
+# ---- the n-gram baseline --------------------------------------------------------------
+
+
+def periodic(period: np.ndarray, repeats: int, start: int = 0) -> np.ndarray:
+    return np.tile(np.roll(period, -start), repeats).astype(np.int32)
+
+
+def test_ngram_learns_a_periodic_sequence():
+    period = np.random.default_rng(3).permutation(vocab.VOCAB_SIZE)[:16]
+    result = evaluate.ngram_baseline(periodic(period, 200), periodic(period, 20, 5),
+                                     periodic(period, 20, 11))
+    test = [row["test_bits_per_event"] for row in result["orders"]]
+    assert test[0] == pytest.approx(math.log2(16), abs=0.05)  # 16 tokens, equally often
+    assert test[7] < 0.01  # the whole past is known: next to certain
+    assert result["best_test_bits_per_event"] < 0.01
+
+
+def test_ngram_needs_context_to_resolve_a_small_alphabet():
+    period = np.random.default_rng(4).integers(0, 4, 60)  # 4 tokens, 60 long: ambiguous locally
+    result = evaluate.ngram_baseline(periodic(period, 100), periodic(period, 10, 7),
+                                     periodic(period, 10, 31))
+    validation = [row["validation_bits_per_event"] for row in result["orders"]]
+    assert validation[0] > 1.5
+    assert all(b <= a + 1e-9 for a, b in zip(validation, validation[1:], strict=False))
+    assert validation[7] < 0.05
+
+
+def reference_probability(train: list[int], history: list[int], token: int, order: int,
+                          discount: float, top: bool = True) -> float:
+    """Interpolated Kneser-Ney written out from its definition, one probability at a time."""
+    if order == 0:
+        return 1 / vocab.VOCAB_SIZE
+    lower = reference_probability(train, history, token, order - 1, discount, top=False)
+    n = order - 1
+    if len(history) < n:
+        return lower
+    context = history[len(history) - n:]
+    counts: dict[int, int] = {}
+    lefts: dict[int, set[int]] = {}
+    for i in range(n, len(train)):
+        if train[i - n:i] == context:
+            counts[train[i]] = counts.get(train[i], 0) + 1
+            if i - n >= 1:
+                lefts.setdefault(train[i], set()).add(train[i - n - 1])
+    if not top:
+        counts = {w: len(s) for w, s in lefts.items()}
+    total = sum(counts.values())
+    if total == 0:
+        return lower
+    return (max(counts.get(token, 0) - discount, 0) + discount * len(counts) * lower) / total
+
+
+def test_ngram_matches_the_definition_of_kneser_ney():
+    rng = np.random.default_rng(5)
+    train = rng.integers(0, 5, 200).astype(np.int32)
+    train[50:90] = train[10:50]  # some long repeats, so high orders have something to count
+    held_out = np.concatenate([train[20:40], rng.integers(0, 6, 20)]).astype(np.int32)
+    statistics = evaluate.NGram(train, max_order=4).statistics(held_out)
+    for discount in (0.3, 0.8):
+        probabilities = evaluate.ngram_probabilities(statistics, discount)
+        for order in range(1, 5):
+            expected = [reference_probability(train.tolist(), held_out[:i].tolist(),
+                                              int(held_out[i]), order, discount)
+                        for i in range(len(held_out))]
+            np.testing.assert_allclose(probabilities[order - 1], expected, rtol=1e-12)
+
+
+def test_ngram_distributions_sum_to_one():
+    rng = np.random.default_rng(6)
+    train = rng.integers(0, 12, 3000).astype(np.int32)
+    model = evaluate.NGram(train)
+    contexts = [train[:7], train[-7:], train[1000:1007], rng.integers(0, 12, 7),
+                np.array([300, 301], np.int32), np.zeros(0, np.int32)]
+    for context in contexts:
+        candidates = [np.append(context, token).astype(np.int32)
+                      for token in range(vocab.VOCAB_SIZE)]
+        for discount in (0.1, 1.0):
+            totals = sum(np.array([p[-1] for p in evaluate.ngram_probabilities(
+                model.statistics(stream), discount)]) for stream in candidates)
+            np.testing.assert_allclose(totals, 1.0, rtol=1e-9)
