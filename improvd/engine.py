@@ -59,8 +59,9 @@ class Timed:
 
 @dataclass
 class Reply:
-    """What the scheduler must do: drop what it holds for later than ``cancel_after``,
-    release every generated note still sounding if ``release``, then play ``messages``."""
+    """What the scheduler must do: drop what it holds for later than ``cancel_after``;
+    if ``release``, drop every generated message it holds and release every generated
+    note still sounding; then play ``messages``."""
 
     messages: list[Timed] = field(default_factory=list)
     cancel_after: float | None = None
@@ -324,7 +325,8 @@ class Engine:
         return reply.extend(Reply(cancel_after=now, release=True))
 
     def _start_answer(self, deadline: float) -> None:
-        phrase = max(0.0, self.last_player_time - (self.phrase_start or self.last_player_time))
+        start = self.last_player_time if self.phrase_start is None else self.phrase_start
+        phrase = max(0.0, self.last_player_time - start)
         s = self.settings
         if self.next_answer_length is not None:
             length, self.next_answer_length = self.next_answer_length, None
@@ -351,7 +353,8 @@ class Engine:
             if time >= until:
                 break
             grammar = Grammar(self.own_notes, frozenset(self.encoder.sounding), self.encoder.tick,
-                              self.encoder.velocity_bin, self.after_velocity, self.note_first)
+                              self.encoder.velocity_bin, self.after_velocity, self.note_first,
+                              _ticks(self.answer_end) if self.answering else None)
             token = self.sampler.sample(self.model.logits[0], grammar)
             message = self._journal_and_apply(token)
             if message is not None:

@@ -33,6 +33,7 @@ class Grammar:
     velocity_bin: int | None
     after_velocity: bool  # the previous token was a VELOCITY
     note_first: bool  # no silence allowed before the next note (the answer's first note)
+    end_tick: int | None = None  # the answer ends here: no TIME_SHIFT beyond it
 
 
 class Sampler:
@@ -66,6 +67,8 @@ class Sampler:
                 if grammar.own_notes:
                     oldest = min(grammar.own_notes.values())
                     longest = min(longest, oldest + max_ticks - grammar.tick)
+                if grammar.end_tick is not None:
+                    longest = min(longest, max(1, grammar.end_tick - grammar.tick))
                 allowed[SHIFT : SHIFT + longest] = True
         if not allowed.any():  # every key in range is held by the player: wait
             allowed[SHIFT] = True

@@ -78,7 +78,9 @@ class Scheduler:
             if reply.cancel_after is not None:
                 self._queue = [e for e in self._queue if e[0] <= reply.cancel_after]
                 heapq.heapify(self._queue)
-            if reply.release:
+            if reply.release:  # what is still queued of the line being stopped is stale too
+                self._queue = [e for e in self._queue if e[2].passthrough]
+                heapq.heapify(self._queue)
                 self._release(self.sounding)
             for timed in reply.messages:
                 heapq.heappush(self._queue, (timed.time, next(self._order), timed))

@@ -205,11 +205,11 @@ def periodic(period: np.ndarray, repeats: int, start: int = 0) -> np.ndarray:
 
 def test_ngram_learns_a_periodic_sequence():
     period = np.random.default_rng(3).permutation(vocab.VOCAB_SIZE)[:16]
-    result = evaluate.ngram_baseline(periodic(period, 200), periodic(period, 20, 5),
-                                     periodic(period, 20, 11))
+    result = evaluate.ngram_baseline(periodic(period, 200), periodic(period, 100, 5),
+                                     periodic(period, 100, 11))
     test = [row["test_bits_per_event"] for row in result["orders"]]
     assert test[0] == pytest.approx(math.log2(16), abs=0.05)  # 16 tokens, equally often
-    assert test[7] < 0.01  # the whole past is known: next to certain
+    assert test[7] < 0.01  # the past gives the next token away (but for the first few)
     assert result["best_test_bits_per_event"] < 0.01
 
 

@@ -166,6 +166,7 @@ def ngram_probabilities(statistics: list, discount: float) -> list[np.ndarray]:
 
 
 def bits(probabilities: np.ndarray) -> float:
+    """Mean -log2 p: the one figure the model and every baseline are compared by."""
     return float(-np.mean(np.log2(probabilities)))
 
 

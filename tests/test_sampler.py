@@ -1,0 +1,74 @@
+import numpy as np
+
+from improvd import vocab
+from improvd.sampler import OFF, ON, SHIFT, VELOCITY, Grammar, Sampler, Settings
+
+
+def grammar(own=None, sounding=(), tick=100, velocity_bin=10, after_velocity=False, note_first=False, end_tick=None):
+    own = own or {}
+    return Grammar(own, frozenset(sounding) | frozenset(own), tick, velocity_bin, after_velocity, note_first, end_tick)
+
+
+def sampler(seed=0, **settings):
+    return Sampler(Settings(**settings), np.random.default_rng(seed))
+
+
+def test_note_off_only_for_own_notes_older_than_a_tick():
+    mask = sampler().mask(grammar(own={60: 90, 64: 100}, sounding={67}))
+    offs = {i - OFF for i in range(OFF, OFF + 128) if mask[i]}
+    assert offs == {60}  # 64 started this tick; 67 is the player's
+
+
+def test_no_second_note_on_for_a_sounding_key_and_pitch_range():
+    mask = sampler(pitch_low=40, pitch_high=80).mask(grammar(own={60: 90}, sounding={62}))
+    ons = {i for i in range(128) if mask[ON + i]}
+    assert ons == set(range(40, 81)) - {60, 62}
+
+
+def test_polyphony_cap_blocks_new_notes():
+    mask = sampler(max_polyphony=2).mask(grammar(own={60: 90, 62: 95}))
+    assert not mask[ON:ON + 128].any()
+
+
+def test_overdue_note_must_be_released():
+    mask = sampler(max_note_s=1.0).mask(grammar(own={60: 0, 62: 95}, tick=100))
+    assert np.flatnonzero(mask).tolist() == [OFF + 60]
+
+
+def test_time_shift_stops_at_the_forced_release_and_the_answer_end():
+    s = sampler(max_note_s=1.0)
+    mask = s.mask(grammar(own={60: 50}, tick=100))
+    assert np.flatnonzero(mask[SHIFT:SHIFT + 100]).max() + 1 == 50
+    mask = s.mask(grammar(tick=100, end_tick=130))
+    assert np.flatnonzero(mask[SHIFT:SHIFT + 100]).max() + 1 == 30
+
+
+def test_answer_opens_on_a_note_and_velocity_is_not_repeated():
+    mask = sampler().mask(grammar(note_first=True, velocity_bin=10))
+    assert not mask[SHIFT:SHIFT + 100].any()
+    assert not mask[VELOCITY + 10] and mask[VELOCITY + 11]
+    assert not sampler().mask(grammar(after_velocity=True))[VELOCITY:].any()
+
+
+def test_sampling_never_picks_a_masked_token():
+    logits = np.zeros(vocab.VOCAB_SIZE, np.float32)
+    logits[OFF + 70] = 50  # the network insists on releasing a key nobody holds
+    s = sampler(seed=1)
+    picks = {s.sample(logits, grammar(own={60: 0})) for _ in range(200)}
+    assert OFF + 70 not in picks
+
+
+def test_not_argmax_and_seeded():
+    logits = np.zeros(vocab.VOCAB_SIZE, np.float32)
+    logits[[ON + 60, ON + 64]] = 20
+    draws = [sampler(seed=3).sample(logits, grammar()) for _ in range(2)]
+    assert draws[0] == draws[1]
+    s = sampler(seed=3)
+    assert {s.sample(logits, grammar()) for _ in range(100)} == {ON + 60, ON + 64}
+
+
+def test_low_top_p_keeps_only_the_most_likely():
+    logits = np.zeros(vocab.VOCAB_SIZE, np.float32)
+    logits[ON + 60], logits[ON + 64] = 5, 4
+    s = sampler(seed=0, top_p=0.01)
+    assert {s.sample(logits, grammar()) for _ in range(50)} == {ON + 60}
