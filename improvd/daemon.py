@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 2048  # queued input messages beyond which new notes are dropped
 HARD_MAX_PENDING = 8192  # beyond which everything is dropped: memory stays bounded
-LOOP_MAX_WAIT_S = 0.05
+LOOP_MAX_WAIT_S = 0.05  # also bounds how long SIGTERM waits for the loop to notice
+STATUS_INTERVAL_S = 5.0  # STATUS= for `systemctl status`, resent only when it changed
 RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
 
 
@@ -99,6 +100,7 @@ class Daemon:
         self.telemetry = Telemetry()
         self.notifier = Notifier()
         self.stop_requested = threading.Event()
+        self.stop_signal: int | None = None
         self.reload_requested = threading.Event()
         self.report_requested = threading.Event()
         self.inbox = Inbox(self.telemetry)
@@ -111,15 +113,28 @@ class Daemon:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_requested.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_requested.set())
+        """The handlers only set flags (no locks, no I/O in a signal handler); the loop, which
+        wakes at least every LOOP_MAX_WAIT_S, acts on them. SIGTERM/SIGINT: stop and exit 0;
+        SIGHUP: reload; SIGUSR1: log the telemetry."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         signal.signal(signal.SIGUSR1, lambda *_: self.report_requested.set())
 
+    def _on_stop_signal(self, signum: int, _frame) -> None:
+        self.stop_signal = self.stop_signal or signum
+        self.stop_requested.set()
+
     def run(self) -> int:
-        seed = read_seed(self.seed_file, self.seed_track) if self.seed_file else None  # bad file: before anything opens
-        self.model = StepModel(self.config.model.path, self.config.model.device)
+        """Start up in order: (config, given) -> model -> ports -> engine -> scheduler, then
+        READY=1; loop until SIGTERM/SIGINT; undo it in reverse in ``finally`` whatever the exit
+        path: STOPPING=1, the scheduler releases every sounding note and sends all-notes-off,
+        then the input and output ports close. The model and seed file load before any port
+        opens, so a bad one never leaves dangling ports."""
+        failure: str | None = None
         try:
+            seed = read_seed(self.seed_file, self.seed_track) if self.seed_file else None
+            self.model = StepModel(self.config.model.path, self.config.model.device)
             self._open_ports()
             self.engine = build_engine(self.config, self.model, time.monotonic())
             realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
@@ -129,14 +144,20 @@ class Daemon:
             self.notifier.ready(self.status())
             log.info("ready: %s", self.status())
             self._loop()
+            if self.stop_signal is not None:
+                log.info("stopping on %s", signal.Signals(self.stop_signal).name)
+        except BaseException as err:
+            failure = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            raise
         finally:
-            self.notifier.stopping()
+            self.notifier.stopping(failure or "stopping")
             if self.scheduler is not None:
                 self.scheduler.stop()
             for port in (self.input, self.output):
                 if port is not None:
                     port.close()
-            log.info("stopped: %s", self.telemetry_line())
+            if self.scheduler is not None:
+                log.info("stopped: %s", self.telemetry_line())
             self.notifier.close()
         return 0
 
@@ -165,7 +186,11 @@ class Daemon:
     def _loop(self) -> None:
         next_report = time.monotonic() + (self.config.telemetry.interval_s or float("inf"))
         next_port_check = time.monotonic() + self.config.ports.reconnect_s
-        next_watchdog = time.monotonic()
+        next_watchdog = next_status = time.monotonic()
+        scheduler_died = False
+        if self.notifier.watchdog_interval and not self.config.service.watchdog:
+            log.warning("systemd expects watchdog pings (WatchdogSec=) but [service] watchdog = false: "
+                        "it will kill improvd after %.1f s", 2 * self.notifier.watchdog_interval)
         while not self.stop_requested.is_set():
             now = time.monotonic()
             wake = self.engine.next_wakeup(now)
@@ -175,10 +200,20 @@ class Daemon:
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             self.scheduler.submit(self.engine.poll(time.monotonic()))
             now = time.monotonic()
-            if self.notifier.watchdog_interval and self.config.service.watchdog and now >= next_watchdog:
-                self.notifier.watchdog()  # from this loop: a wedged engine stops the pings
-                self.notifier.status(self.status())
-                next_watchdog = now + self.notifier.watchdog_interval
+            if self.notifier.active:
+                # Pinged from this loop, and only while the scheduler thread lives: a wedged
+                # engine or a dead scheduler stops the pings and systemd restarts us.
+                watchdog_every = self.notifier.watchdog_interval if self.config.service.watchdog else None
+                if watchdog_every and now >= next_watchdog:
+                    if self._scheduler_alive():
+                        self.notifier.watchdog()
+                    elif not scheduler_died:
+                        scheduler_died = True
+                        log.error("the scheduler thread has died; withholding watchdog pings so systemd restarts us")
+                    next_watchdog = now + watchdog_every
+                if now >= next_status:
+                    self.notifier.status(self.status())
+                    next_status = now + min(STATUS_INTERVAL_S, watchdog_every or STATUS_INTERVAL_S)
             if now >= next_port_check:
                 self._check_ports()
                 next_port_check = now + self.config.ports.reconnect_s
@@ -189,6 +224,10 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+
+    def _scheduler_alive(self) -> bool:
+        thread = getattr(self.scheduler, "_thread", None)  # Scheduler has no public liveness check
+        return thread is not None and thread.is_alive()
 
     def _check_ports(self) -> None:
         was_open = self.output.port is not None
@@ -203,15 +242,21 @@ class Daemon:
         """SIGHUP: new config and model without closing the ports; a bad one is refused and
         the running one goes on."""
         self.notifier.reloading()
+        log.info("reloading %s", self.config_path or "the configuration")
         try:
             config = load_config(self.config_path, self.overrides)
             model = StepModel(config.model.path, config.model.device)
-        except ImprovdError as err:
-            log.error("reload refused, keeping the running configuration: %s", str(err).replace("\n", "; "))
+        except Exception as err:  # noqa: BLE001 - whatever is wrong with the new one, the old one plays on
+            text = str(err) if isinstance(err, ImprovdError) else f"{type(err).__name__}: {err}"
+            log.error("reload refused, keeping the running configuration: %s", text.replace("\n", "; "))
             self.notifier.ready(self.status())
             return
         if replace(config.ports, reconnect_s=0) != replace(self.config.ports, reconnect_s=0):
             log.warning("reload: [ports] changes take effect at the next restart")
+        if (config.service.realtime, config.service.realtime_priority) != (
+                self.config.service.realtime, self.config.service.realtime_priority):
+            log.warning("reload: [service] realtime changes take effect at the next restart")
+        logging.getLogger().setLevel(config.log.level.upper())
         self.scheduler.submit(self.engine.panic(time.monotonic()))
         self.scheduler.release_all()
         self.config, self.model = config, model

@@ -54,7 +54,6 @@ def test_batch_rows_are_independent():
         both = model.step([token, 62])
         alone = single.step([token])
     assert np.allclose(both[0], alone[0], atol=0.05)
-    assert not np.allclose(both[0], both[1], atol=0.05)
 
 
 def test_vocabulary_mismatch_is_refused_naming_the_file(model_copy):

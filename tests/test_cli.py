@@ -1,0 +1,113 @@
+"""The `improvd` command end to end, as a user runs it: exit codes and one-line errors."""
+
+import subprocess
+import sys
+import tomllib
+
+import mido
+import pytest
+
+from improvd import vocab
+from tests.engine_helpers import MODEL_PATH
+
+EXAMPLE = MODEL_PATH.parent.parent / "examples" / "motif.mid"
+
+
+def improvd(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "improvd.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, cwd=cwd, env=env)
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.returncode == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("improvd:")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+def test_output_file_writes_motif_and_continuation(tmp_path):
+    out, png = tmp_path / "out.mid", tmp_path / "out.png"
+    result = improvd("--seed-file", EXAMPLE, "--output-file", out, "--plot", png, "--length", "4", "--random-seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert f"{out}: motif 8 notes + continuation" in result.stdout
+    midi = mido.MidiFile(out)
+    motif, continuation = (vocab.midi_to_notes(midi, track=i) for i in (0, 1))
+    assert [n.pitch for n in motif] == [62, 66, 69, 71, 69, 66, 64, 62]
+    assert continuation, "no continuation"
+    assert continuation[0].start == pytest.approx(motif[-1].end + 0.5, abs=0.02)
+    assert continuation[-1].end <= motif[-1].end + 0.5 + 4.0 + 0.02
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seed_track_selects_one_track(tmp_path):
+    midi = mido.MidiFile(type=1)
+    for pitch in (60, 72):
+        midi.tracks.append(mido.MidiTrack([mido.Message("note_on", note=pitch, velocity=80, time=0),
+                                           mido.Message("note_off", note=pitch, time=480)]))
+    seed = tmp_path / "two.mid"
+    midi.save(seed)
+    out = tmp_path / "out.mid"
+    assert improvd("--seed-file", seed, "--seed-track", 1, "--output-file", out, "--length", 1).returncode == 0
+    assert [n.pitch for n in vocab.midi_to_notes(mido.MidiFile(out), track=0)] == [72]
+    assert_one_line_error(improvd("--seed-file", seed, "--seed-track", 5, "--output-file", out), 2, "no track 5")
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def bad_seed_files(tmp_path):
+    good = EXAMPLE.read_bytes()
+    silent = mido.MidiFile()
+    silent.tracks.append(mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500000)]))
+    silent.save(tmp_path / "silent.mid")
+    return {
+        "missing": (tmp_path / "nope.mid", "cannot read seed file"),
+        "empty": (write(tmp_path, "empty.mid", b""), "empty file"),
+        "not midi": (write(tmp_path, "text.mid", b"hello, this is not MIDI at all\n" * 4), "not a readable MIDI file"),
+        "truncated": (write(tmp_path, "cut.mid", good[: len(good) // 2]), "not a readable MIDI file"),
+        "no notes": (tmp_path / "silent.mid", "no notes to continue"),
+        "huge": (write(tmp_path, "huge.mid", good + b"\0" * (9 * 2**20)), "too large for a seed"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not midi", "truncated", "no notes", "huge"])
+def test_bad_seed_file_is_one_line_and_exit_2(tmp_path, case):
+    path, reason = bad_seed_files(tmp_path)[case]
+    result = improvd("--seed-file", path, "--output-file", tmp_path / "out.mid")
+    assert_one_line_error(result, 2, str(path), reason)
+    assert not (tmp_path / "out.mid").exists()
+
+
+def test_bad_config_exits_1_listing_every_problem(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[engine]\nsilence_ms = 5\n[sampler]\ntemprature = 2.0\n')
+    result = improvd("--config", config, "--seed-file", EXAMPLE, "--output-file", tmp_path / "o.mid")
+    assert result.returncode == 1
+    assert "engine.silence_ms: must be between 50 and 10000, got 5" in result.stderr
+    assert "sampler.temprature: unknown key (did you mean 'temperature'?)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_broken_model_exits_3(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"not onnx")
+    result = improvd("--model", tmp_path / "m.onnx", "--seed-file", EXAMPLE, "--output-file", tmp_path / "o.mid")
+    assert_one_line_error(result, 3, "m.json: model metadata not found")
+
+
+def test_unusable_midi_api_exits_4_before_anything_plays(tmp_path):
+    result = improvd("--api", "coremidi", "--in", "keyboard")
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_command_prints_the_effective_settings(tmp_path):
+    result = improvd("config", "--temperature", "1.5", "--mode", "duet")
+    assert result.returncode == 0, result.stderr
+    settings = tomllib.loads(result.stdout)
+    assert settings["sampler"]["temperature"] == 1.5 and settings["engine"]["mode"] == "duet"
+    assert settings["model"]["path"] == str(MODEL_PATH)

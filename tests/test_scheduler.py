@@ -1,0 +1,118 @@
+import threading
+import time
+
+import mido
+
+from improvd.engine import Reply, Timed
+from improvd.scheduler import Scheduler
+
+
+class Recorder:
+    def __init__(self, fail_on=None):
+        self.sent: list[tuple[float, mido.Message]] = []
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+
+    def __call__(self, message):
+        if self.fail_on is not None and message.type == "note_on" and message.note == self.fail_on:
+            raise OSError("port went away")
+        with self.lock:
+            self.sent.append((time.monotonic(), message))
+
+    def notes(self):
+        with self.lock:
+            return [m for _, m in self.sent if m.type in ("note_on", "note_off")]
+
+
+def on(pitch, channel=0):
+    return mido.Message("note_on", note=pitch, velocity=90, channel=channel)
+
+
+def off(pitch, channel=0):
+    return mido.Message("note_off", note=pitch, velocity=0, channel=channel)
+
+
+def wait_until(condition, timeout=2.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def started(recorder):
+    scheduler = Scheduler(recorder)
+    scheduler.start()
+    return scheduler
+
+
+def test_start_and_stop_clear_all_sixteen_channels():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    cleared = {m.channel for _, m in recorder.sent if m.type == "control_change" and m.control == 123}
+    assert cleared == set(range(16))
+    scheduler.stop()
+    assert sum(1 for _, m in recorder.sent if m.type == "control_change" and m.control == 123) == 32
+
+
+def test_messages_go_out_in_time_order_and_not_early():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    due = {60: now + 0.06, 62: now + 0.02, 64: now + 0.04}
+    scheduler.submit(Reply([Timed(t, on(p)) for p, t in due.items()]))
+    assert wait_until(lambda: len(recorder.notes()) == 3)
+    sent = [(t, m) for t, m in recorder.sent if m.type == "note_on"]
+    assert [m.note for _, m in sent] == [62, 64, 60]
+    assert all(t >= due[m.note] for t, m in sent)
+    scheduler.stop()
+
+
+def test_stop_releases_every_sounding_note_per_channel():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now, on(60)), Timed(now, on(61, channel=5)), Timed(now + 5, off(60))]))
+    assert wait_until(lambda: len(recorder.notes()) == 2)
+    scheduler.stop()
+    assert {(m.channel, m.note) for m in recorder.notes() if m.type == "note_off"} == {(0, 60), (5, 61)}
+
+
+def test_cancel_drops_later_messages_and_release_silences_the_answer():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    passthrough = Timed(now, on(50), passthrough=True)
+    scheduler.submit(Reply([Timed(now, on(60)), passthrough, Timed(now + 0.3, off(60)), Timed(now + 0.3, on(62))]))
+    assert wait_until(lambda: len(recorder.notes()) == 2)
+    scheduler.submit(Reply(cancel_after=time.monotonic(), release=True))
+    assert scheduler.pending() == 0
+    time.sleep(0.4)
+    notes = [(m.type, m.note) for m in recorder.notes()]
+    assert ("note_on", 62) not in notes
+    assert notes.count(("note_off", 60)) == 1 and ("note_off", 50) not in notes  # the player's note is theirs
+    scheduler.stop()
+    assert ("note_off", 50) in [(m.type, m.note) for m in recorder.notes()]
+
+
+def test_a_failing_send_does_not_stop_the_clock():
+    recorder = Recorder(fail_on=61)
+    scheduler = started(recorder)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now, on(61)), Timed(now + 0.02, on(62)), Timed(now + 0.04, off(62))]))
+    assert wait_until(lambda: len(recorder.notes()) == 2)
+    assert scheduler.telemetry.snapshot()["counters"]["send_errors"] == 1
+    scheduler.stop()
+
+
+def test_lateness_and_first_note_latency_are_recorded():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now + 0.01, on(60), answer_deadline=now), Timed(now + 0.02, off(60))]))
+    assert wait_until(lambda: len(recorder.notes()) == 2)
+    latency = scheduler.telemetry.snapshot()["latency"]
+    assert latency["output_lateness"]["n"] == 2
+    assert latency["phrase_end_to_first_note"]["n"] == 1 and latency["phrase_end_to_first_note"]["p50_ms"] >= 10
+    scheduler.stop()
