@@ -33,17 +33,18 @@ LAYERS = 3
 UNITS = 256
 EMBEDDING = 128
 DROPOUT = 0.1
-SEQ_LEN = 256
-BATCH = 64
+SEQ_LEN = 128
+BATCH = 32
 EPOCHS = 50
 LEARNING_RATE = 2e-3
 CLIP_NORM = 1.0
 PATIENCE = 3  # epochs without a better validation loss before stopping
 TRANSPOSE = 6  # semitones, each way
-STRETCH = 0.1  # tempo stretch, each way (0.1 = 90%..110%)
+STRETCH = 0.05  # tempo stretch, each way (0.05 = 95%..105%)
 STEPS_PER_EPOCH = 0  # 0: one pass over the training tokens
 MAX_MINUTES = 0.0  # 0: no wall-clock budget
 SEED = 1
+SHUFFLE_WINDOWS = 1024  # windows mixed before batching, so a batch spans many pieces
 # ---------------------------------------------------------------------------------------
 
 
@@ -119,8 +120,8 @@ def make_dataset(generator_fn, seq_len: int, batch: int, repeat: bool):
 
     spec = tf.TensorSpec(shape=(seq_len,), dtype=tf.int32)
     dataset = tf.data.Dataset.from_generator(generator_fn, output_signature=(spec, spec))
-    if repeat:
-        dataset = dataset.repeat()
+    if repeat:  # training: endless, shuffled across pieces
+        dataset = dataset.repeat().shuffle(SHUFFLE_WINDOWS)
     dataset = dataset.batch(batch, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -1,0 +1,182 @@
+"""Shared fixtures. ``jack``: a real JACK server (dummy audio backend) for the port tests.
+
+Which server the tests use:
+- ``JACK_DEFAULT_SERVER`` set (``.ci/run`` sets it after starting its own ``jackd``): that
+  server, which must answer;
+- otherwise a private server, ``jackd -n improvd-test-<pid> --no-realtime -d dummy``,
+  started here and stopped at the end of the session. Being private, it never touches a
+  developer's running JACK session (no test note reaches a real synth) nor another test
+  run on the same machine.
+
+Without ``jackd`` (Debian/Ubuntu: ``apt-get install --no-install-recommends jackd2``) the
+tests that need it skip, saying so; under ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# The dummy backend's clock: 128 frames at 48 kHz is a 2.7 ms period (.ci/run uses the same).
+JACKD_ARGS = ["--no-realtime", "-d", "dummy", "-r", "48000", "-p", "128"]
+START_TIMEOUT_S = 10.0
+TOOL_TIMEOUT_S = 10.0
+JACK_TOOLS = ("jackd", "jack_lsp", "jack_connect", "jack_disconnect", "jack_bufsize", "jack_samplerate",
+              "jack_midi_dump")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def not_available(reason: str) -> None:
+    """Skip on a developer's machine; fail in CI, where a missing JACK is a broken setup."""
+    if in_ci():
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class Jack:
+    """A running JACK server and JACK's own command-line clients, pointed at it."""
+
+    server: str
+    period_frames: int
+    rate: int
+    env: dict[str, str]
+
+    @property
+    def period_s(self) -> float:
+        return self.period_frames / self.rate
+
+    def tool(self, *args: str, check: bool = True, timeout: float = TOOL_TIMEOUT_S) -> str:
+        result = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({result.returncode}): {result.stdout}{result.stderr}")
+        return result.stdout
+
+    def ports(self) -> list[str]:
+        return [line for line in self.tool("jack_lsp").splitlines() if line and not line.startswith(" ")]
+
+    def types(self) -> dict[str, str]:
+        """port -> its type (``jack_lsp -t``: "8 bit raw midi", "32 bit float mono audio")."""
+        found: dict[str, str] = {}
+        current = ""
+        for line in self.tool("jack_lsp", "-t").splitlines():
+            if line.startswith((" ", "\t")):
+                found[current] = line.strip()
+            elif line:
+                current = line
+        return found
+
+    def connections(self) -> dict[str, list[str]]:
+        """port -> the ports it is connected to (``jack_lsp -c``)."""
+        found: dict[str, list[str]] = {}
+        current = ""
+        for line in self.tool("jack_lsp", "-c").splitlines():
+            if line.startswith(" "):
+                found[current].append(line.strip())
+            elif line:
+                current = line
+                found[current] = []
+        return found
+
+    def wait_port(self, suffix: str, timeout: float = 15.0, gone: bool = False) -> str:
+        """The full name of the port named ``client:suffix`` once it exists (or "" once
+        no such port exists, with ``gone``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            matches = [p for p in self.ports() if p.partition(":")[2] == suffix]
+            if gone and not matches:
+                return ""
+            if matches and not gone:
+                return matches[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"JACK port ':{suffix}' {'still there' if gone else 'never appeared'}: "
+                                     f"{self.ports()}")
+            time.sleep(0.05)
+
+    def wait_port_of(self, client: str, port: str, timeout: float = 10.0) -> str:
+        """``client:port`` once it exists."""
+        name = f"{client}:{port}"
+        deadline = time.monotonic() + timeout
+        while name not in self.ports():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"JACK port {name!r} never appeared: {self.ports()}")
+            time.sleep(0.02)
+        return name
+
+    def connect(self, source: str, destination: str) -> None:
+        self.tool("jack_connect", source, destination)
+
+    def disconnect(self, source: str, destination: str) -> None:
+        self.tool("jack_disconnect", source, destination)
+
+
+def _answers(env: dict[str, str]) -> bool:
+    try:
+        return subprocess.run(["jack_lsp"], env=env, capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _describe(env: dict[str, str], server: str) -> Jack:
+    frames = subprocess.run(["jack_bufsize"], env=env, capture_output=True, text=True, timeout=5).stdout
+    rate = subprocess.run(["jack_samplerate"], env=env, capture_output=True, text=True, timeout=5).stdout
+    try:
+        return Jack(server, int(frames.split()[0]), int(rate.split()[0]), env)
+    except (IndexError, ValueError):
+        return Jack(server, 1024, 48000, env)  # jack_bufsize unreadable: assume the largest usual period
+
+
+@pytest.fixture(scope="session")
+def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
+    missing = [tool for tool in JACK_TOOLS if shutil.which(tool) is None]
+    if missing:
+        not_available(f"JACK is not installed (missing {', '.join(missing)}); "
+                      "install it with: apt-get install --no-install-recommends jackd2")
+    env = dict(os.environ, JACK_NO_START_SERVER="1")
+    given = os.environ.get("JACK_DEFAULT_SERVER")
+    if given:
+        if not _answers(env):
+            not_available(f"JACK_DEFAULT_SERVER={given} is set but that JACK server does not answer")
+        yield _describe(env, given)
+        return
+    server = f"improvd-test-{os.getpid()}"
+    env["JACK_DEFAULT_SERVER"] = server
+    log_path = Path(tmp_path_factory.mktemp("jack")) / "jackd.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(["jackd", "-n", server, *JACKD_ARGS], env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(env):
+            if process.poll() is not None or time.monotonic() > deadline:
+                text = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                not_available(f"jackd {' '.join(JACKD_ARGS)} did not start: " + " | ".join(text))
+            time.sleep(0.05)
+        # Everything this session starts (rtmidi in this process, improvd, jack_* tools) uses it.
+        saved = {key: os.environ.get(key) for key in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+        os.environ.update(JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1")
+        try:
+            yield _describe(env, server)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

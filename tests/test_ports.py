@@ -1,0 +1,601 @@
+"""Ports over a real JACK server: improvd as a subprocess, JACK's own clients and a player /
+receiver speaking JACK through mido's rtmidi backend on the other end. Nothing is mocked.
+
+Every test gives its daemon and its own ports unique names, waits for what it asserts
+(never a bare sleep), and terminates whatever it started in ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mido
+import pytest
+
+from improvd import ports as ports_module
+from improvd.errors import PortError
+
+if TYPE_CHECKING:
+    from tests.conftest import Jack
+
+ROOT = Path(__file__).resolve().parent.parent
+IMPROVD = Path(sys.executable).with_name("improvd")
+MOTIF = ROOT / "examples" / "motif.mid"
+JACK_MIDO = "mido.backends.rtmidi/UNIX_JACK"
+
+SEED = 1234
+SILENCE_MS = 150
+MIN_ANSWER_S = 1.0
+MAX_ANSWER_S = 1.5
+PITCH_LOW, PITCH_HIGH = 36, 96
+OUT_CHANNEL = 0  # ports.output_channel = 1
+TICK_S = 0.010  # the vocabulary's time grid: every generated event is due on it
+# C major arpeggio up and down: (onset s, length s, pitch), about half a second long.
+PHRASE = [(0.00, 0.07, 60), (0.08, 0.07, 64), (0.16, 0.07, 67), (0.24, 0.07, 72), (0.32, 0.07, 67),
+          (0.40, 0.10, 64)]
+
+pytestmark = pytest.mark.usefixtures("jack")
+
+
+# ---- helpers: config, daemon, player, receiver ---------------------------------------------
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def write_config(path: Path, name: str, **sections: dict[str, object]) -> Path:
+    """A config for a fast, deterministic daemon with its own virtual port names."""
+    settings: dict[str, dict[str, object]] = {
+        "model": {"device": "cpu"},
+        "ports": {"api": "jack", "virtual_input": f"{name} in", "virtual_output": f"{name} out",
+                  "reconnect_s": 0.2},
+        "engine": {"silence_ms": SILENCE_MS, "min_answer_s": MIN_ANSWER_S, "max_answer_s": MAX_ANSWER_S,
+                   "seed": SEED},
+        "sampler": {"pitch_low": PITCH_LOW, "pitch_high": PITCH_HIGH},
+        "telemetry": {"interval_s": 0.0},
+        "service": {"watchdog": False},
+        "log": {"level": "debug"},
+    }
+    for section, values in sections.items():
+        settings.setdefault(section, {}).update(values)
+    lines = []
+    for section, values in settings.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class Daemon:
+    """``improvd`` as a subprocess, its log in a file."""
+
+    def __init__(self, jack: Jack, tmp_path: Path, name: str, *args: str, **sections: dict[str, object]) -> None:
+        self.jack = jack
+        self.name = name
+        self.in_name, self.out_name = f"{name} in", f"{name} out"
+        self.config = write_config(tmp_path / f"{name}.toml", name, **sections)
+        self.log_path = tmp_path / f"{name}-{uuid.uuid4().hex[:4]}.log"
+        self.started = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(IMPROVD), "--config", str(self.config), "--random-seed", str(SEED), *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=jack.env, cwd=tmp_path)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in the log (from character ``after``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            match = re.compile(pattern).search(self.log(), after)
+            if match:
+                return match
+            if self.process.poll() is not None:
+                raise AssertionError(f"improvd exited ({self.process.returncode}) before {pattern!r}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in improvd's log after {timeout} s:\n{self.log()}")
+            time.sleep(0.02)
+
+    def wait_ready(self) -> None:
+        self.wait_log(r"INFO improvd\.daemon: ready: ")
+
+    def ports(self) -> tuple[str, str]:
+        """The full JACK names of the daemon's input and output ports (virtual ones)."""
+        return self.jack.wait_port(self.in_name), self.jack.wait_port(self.out_name)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"improvd did not stop within {timeout} s of signal {sig}:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def daemon(jack: Jack, tmp_path: Path, *args: str, ready: bool = True,
+           **sections: dict[str, object]) -> Iterator[Daemon]:
+    process = Daemon(jack, tmp_path, unique("improvd"), *args, **sections)
+    try:
+        if ready:
+            process.wait_ready()
+        yield process
+    finally:
+        process.kill()
+
+
+class Receiver:
+    """A virtual JACK input in this process (like a synth), recording what arrives."""
+
+    def __init__(self, jack: Jack, client: str | None = None, port: str = "midi in") -> None:
+        self.client = client or unique("synth")
+        self.events: list[tuple[float, mido.Message]] = []
+        self.changed = threading.Condition()
+        self.port = mido.Backend(JACK_MIDO).open_input(port, virtual=True, client_name=self.client,
+                                                       callback=self._receive)
+        self.name = jack.wait_port_of(self.client, port)
+
+    def _receive(self, message: mido.Message) -> None:
+        with self.changed:
+            self.events.append((time.monotonic(), message))
+            self.changed.notify_all()
+
+    def wait_for(self, condition: Callable[[], object], timeout: float, what: str) -> object:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                result = condition()
+                if result:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{what}: not within {timeout} s; received {self.summary()}")
+                self.changed.wait(min(left, 0.05))
+
+    def wait_quiet(self, quiet_s: float, timeout: float) -> None:
+        """Until nothing has arrived for ``quiet_s``."""
+        def quiet() -> bool:
+            last = self.events[-1][0] if self.events else 0.0
+            return time.monotonic() - last >= quiet_s
+        self.wait_for(quiet, timeout, f"{quiet_s} s without a message")
+
+    def since(self, start: float = 0.0) -> list[tuple[float, mido.Message]]:
+        with self.changed:
+            return [(t, m) for t, m in self.events if t >= start]
+
+    def notes(self, start: float = 0.0) -> list[tuple[float, mido.Message]]:
+        return [(t, m) for t, m in self.since(start) if m.type in ("note_on", "note_off")]
+
+    def note_ons(self, start: float = 0.0) -> list[tuple[float, mido.Message]]:
+        return [(t, m) for t, m in self.notes(start) if m.type == "note_on" and m.velocity > 0]
+
+    def sounding(self, start: float = 0.0, all_notes_off: bool = False) -> set[tuple[int, int]]:
+        """(channel, pitch) still down: by explicit NOTE_OFFs, or also cleared by CC 123."""
+        down: set[tuple[int, int]] = set()
+        for _, m in self.since(start):
+            if m.type == "note_on" and m.velocity > 0:
+                down.add((m.channel, m.note))
+            elif m.type in ("note_on", "note_off"):
+                down.discard((m.channel, m.note))
+            elif all_notes_off and m.type == "control_change" and m.control == 123:
+                down = {(ch, p) for ch, p in down if ch != m.channel}
+        return down
+
+    def all_notes_off_channels(self, start: float = 0.0) -> set[int]:
+        return {m.channel for _, m in self.since(start) if m.type == "control_change" and m.control == 123}
+
+    def summary(self) -> str:
+        with self.changed:
+            shown = [f"{t - self.events[0][0]:.3f} {m}" for t, m in self.events[-40:]] if self.events else []
+        return f"{len(self.events)} messages" + ("".join(f"\n  {line}" for line in shown))
+
+    def close(self) -> None:
+        self.port.close()
+
+
+class Player:
+    """A virtual JACK output in this process (like a keyboard) that plays timed phrases."""
+
+    def __init__(self, jack: Jack, client: str | None = None, port: str = "keys out") -> None:
+        self.client = client or unique("player")
+        self.port = mido.Backend(JACK_MIDO).open_output(port, virtual=True, client_name=self.client)
+        self.name = jack.wait_port_of(self.client, port)
+
+    def send(self, message: mido.Message) -> float:
+        self.port.send(message)
+        return time.monotonic()
+
+    def play(self, phrase: list[tuple[float, float, int]] = PHRASE, channel: int = 0) -> float:
+        """Play (onset, length, pitch) notes on time; the send time of the last message."""
+        events = sorted([(on, "note_on", p) for on, _, p in phrase] + [(on + d, "note_off", p) for on, d, p in phrase])
+        start = time.monotonic() + 0.01
+        sent = start
+        for offset, kind, pitch in events:
+            due = start + offset
+            while (left := due - time.monotonic()) > 0.002:
+                time.sleep(left - 0.002)
+            while time.monotonic() < due:
+                pass
+            sent = self.send(mido.Message(kind, note=pitch, velocity=80 if kind == "note_on" else 0, channel=channel))
+        return sent
+
+    def close(self) -> None:
+        self.port.close()
+
+
+@contextmanager
+def closing(*things: Receiver | Player) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for thing in things:
+            thing.close()
+
+
+def assert_well_formed(events: list[tuple[float, mido.Message]], what: str = "answer") -> list[tuple[float, int]]:
+    """Every NOTE_ON has its NOTE_OFF, none is doubled, no NOTE_OFF for a silent key, every
+    pitch in range, on the output channel. The (time, pitch) of the NOTE_ONs."""
+    down: set[int] = set()
+    onsets = []
+    for t, m in events:
+        if m.type not in ("note_on", "note_off"):
+            continue
+        assert m.channel == OUT_CHANNEL, f"{what}: {m} on channel {m.channel + 1}"
+        if m.type == "note_on" and m.velocity > 0:
+            assert PITCH_LOW <= m.note <= PITCH_HIGH, f"{what}: pitch {m.note} out of range"
+            assert m.note not in down, f"{what}: second NOTE_ON for sounding key {m.note}"
+            down.add(m.note)
+            onsets.append((t, m.note))
+        else:
+            assert m.note in down, f"{what}: NOTE_OFF for silent key {m.note}"
+            down.discard(m.note)
+    assert not down, f"{what}: keys {sorted(down)} left sounding"
+    return onsets
+
+
+def tolerance(jack: Jack) -> float:
+    """Time allowed for a hop through JACK and improvd's reaction, loaded machine included."""
+    return 0.05 + 4 * jack.period_s
+
+
+# ---- the ports module on its own ------------------------------------------------------------
+
+
+def test_find_port_prefers_exact_then_substring_any_case_and_lists_what_exists() -> None:
+    names = ["Synth A:midi in", "synth:midi", "Other:in"]
+    assert ports_module.find_port("synth:MIDI", names, "output") == "synth:midi"
+    assert ports_module.find_port("OTHER", names, "output") == "Other:in"
+    with pytest.raises(PortError) as caught:
+        ports_module.find_port("piano", names, "output")
+    assert str(caught.value) == ("no MIDI output port matches 'piano'; output ports: "
+                                 "'Synth A:midi in', 'synth:midi', 'Other:in'")
+    with pytest.raises(PortError, match="input ports: none"):
+        ports_module.find_port("x", [], "input")
+
+
+def test_unknown_api_is_a_port_error() -> None:
+    with pytest.raises(PortError, match=r"ports.api: unknown MIDI API 'oss'"):
+        ports_module.backend("oss")
+
+
+@pytest.mark.skipif(os.path.exists("/dev/snd/seq"), reason="ALSA sequencer present: auto picks ALSA here")
+def test_auto_api_falls_back_to_jack_when_alsa_cannot_start() -> None:
+    midi = ports_module.backend("auto")
+    try:
+        assert midi.api == "jack"
+    finally:
+        midi.close()
+
+
+def test_virtual_port_is_named_client_and_port_and_disappears_on_close(jack: Jack) -> None:
+    name = unique("vport")
+    midi = ports_module.backend("jack")
+    port = ports_module.OutputPort(midi, name, virtual=True)
+    try:
+        port.open()
+        assert f"{name}:{name}" in jack.ports()
+        assert all(not p.startswith(name) for p in midi.inputs()), "listing shows improvd's own port"
+        port.close()
+        jack.wait_port(name, gone=True)
+        port.open()  # the same name again, not 'name-01'
+        assert f"{name}:{name}" in jack.ports()
+    finally:
+        port.close()
+        midi.close()
+
+
+def test_existing_port_is_connected_not_replaced_by_a_virtual_one(jack: Jack) -> None:
+    """mido's backend would create a virtual port when given a client name; ours connects
+    a port named after improvd to the peer, and messages flow, garbage skipped."""
+    player = Player(jack)
+    received: list[mido.Message] = []
+    arrived = threading.Event()
+    midi = ports_module.backend("jack")
+    local = unique("local in")
+    port = ports_module.InputPort(midi, player.client.upper(), virtual=False, local_name=local,
+                                  callback=lambda m: (received.append(m), arrived.set()))
+    try:
+        port.open()
+        assert port.name == player.name
+        assert jack.connections()[player.name] == [f"{local}:{local}"]
+        assert not [p for p in jack.ports() if "RtMidi" in p], jack.ports()
+        player.port._rt.send_message([0xF8 + 5])  # 0xFD: undefined status byte
+        player.send(mido.Message("note_on", note=61, velocity=90))
+        assert arrived.wait(5)
+        assert received == [mido.Message("note_on", note=61, velocity=90)]
+        assert port.ignored == 1
+        assert port.present()
+        player.close()
+        jack.wait_port(player.name.partition(":")[2], gone=True)
+        assert not port.present()
+    finally:
+        port.close()
+        player.close()
+        midi.close()
+
+
+# ---- improvd over JACK, end to end ----------------------------------------------------------
+
+
+def test_virtual_ports_are_seen_connected_and_heard_by_jack_clients(jack: Jack, tmp_path: Path) -> None:
+    """jack_lsp lists improvd's ports, jack_connect wires them, jack_midi_dump prints the answer."""
+    player = Player(jack)
+    dump_client = unique("dump")
+    dump_log = tmp_path / "dump.txt"
+    with closing(player), daemon(jack, tmp_path) as improvd, open(dump_log, "wb") as out:
+        dump = subprocess.Popen(["stdbuf", "-oL", "jack_midi_dump", dump_client], stdout=out,
+                                stderr=subprocess.STDOUT, env=jack.env)
+        try:
+            port_in, port_out = improvd.ports()
+            assert port_in == f"{improvd.in_name}:{improvd.in_name}"
+            types = jack.types()
+            assert types[port_in] == types[port_out] == "8 bit raw midi"
+            dump_in = jack.wait_port_of(dump_client, "input")
+            jack.connect(player.name, port_in)
+            jack.connect(port_out, dump_in)
+            assert jack.connections()[port_in] == [player.name]
+            assert jack.connections()[port_out] == [dump_in]
+            player.play()
+
+            def dumped() -> list[tuple[str, int]]:
+                found = re.findall(r"note (on|off)\s+\(channel\s+(\d+)\): pitch\s+(\d+)", dump_log.read_text())
+                return [(kind, int(pitch)) for kind, _, pitch in found]
+
+            deadline = time.monotonic() + 10
+            while not (dumped() and not _sounding_of(dumped())):
+                assert time.monotonic() < deadline, f"jack_midi_dump printed: {dump_log.read_text()}"
+                time.sleep(0.05)
+            assert dumped()[0][0] == "on"
+            assert all(PITCH_LOW <= p <= PITCH_HIGH for _, p in dumped())
+        finally:
+            dump.terminate()
+            dump.wait(5)
+
+
+def _sounding_of(events: list[tuple[str, int]]) -> set[int]:
+    down: set[int] = set()
+    for kind, pitch in events:
+        (down.add if kind == "on" else down.discard)(pitch)
+    return down
+
+
+def test_phrase_gets_a_well_formed_answer_after_the_silence(jack: Jack, tmp_path: Path) -> None:
+    player, synth = Player(jack), Receiver(jack)
+    with closing(player, synth), daemon(jack, tmp_path) as improvd:
+        port_in, port_out = improvd.ports()
+        jack.connect(player.name, port_in)
+        jack.connect(port_out, synth.name)
+        phrase_end = player.play()
+        synth.wait_for(synth.note_ons, 5, "the answer's first note")
+        first = synth.note_ons()[0][0]
+        synth.wait_for(lambda: time.monotonic() > first + MIN_ANSWER_S and not synth.sounding(), 5,
+                       "the answer's end")
+        synth.wait_quiet(0.3, 5)
+        onsets = assert_well_formed(synth.notes())
+        silence = SILENCE_MS / 1000
+        # The answer opens on the 10 ms grid nearest the deadline: up to 5 ms early.
+        assert silence - TICK_S / 2 <= first - phrase_end <= silence + tolerance(jack), first - phrase_end
+        length = synth.notes()[-1][0] - first
+        assert MIN_ANSWER_S - 0.1 <= length <= MAX_ANSWER_S + tolerance(jack), length
+        assert len(onsets) >= 2
+        improvd.stop()
+        assert "answers=1" in improvd.log()
+
+
+def test_playing_during_the_answer_stops_it_and_releases_its_notes(jack: Jack, tmp_path: Path) -> None:
+    player, synth = Player(jack), Receiver(jack)
+    with closing(player, synth), daemon(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as improvd:
+        port_in, port_out = improvd.ports()
+        jack.connect(player.name, port_in)
+        jack.connect(port_out, synth.name)
+        player.play()
+        synth.wait_for(synth.sounding, 5, "a sounding answer note")
+        first = synth.note_ons()[0][0]
+        barge_in = player.send(mido.Message("note_on", note=48, velocity=100))  # and hold it
+        synth.wait_for(lambda: not synth.sounding(), tolerance(jack), "the answer's notes released")
+        # Held key: no silence, so nothing may start until it comes up.
+        hold_until = time.monotonic() + 2 * SILENCE_MS / 1000 + 0.2
+        synth.wait_for(lambda: time.monotonic() > hold_until, 5, "holding the key")
+        late = [(t - barge_in, m) for t, m in synth.note_ons() if t > barge_in + tolerance(jack)]
+        assert not late, f"NOTE_ONs after the barge-in: {late}"
+        assert synth.notes()[-1][0] - first < 3.0 - 1.0, "the answer was not cut short"
+        assert not synth.sounding()
+        assert_well_formed(synth.notes(), "cut answer")
+        # Key up: a new phrase has ended, and a new answer comes.
+        key_up = player.send(mido.Message("note_off", note=48, velocity=0))
+        synth.wait_for(lambda: synth.note_ons(key_up), 5, "the next answer")
+        improvd.stop()
+        assert "barge_ins=1" in improvd.log()
+
+
+def test_sigterm_during_an_answer_leaves_no_note_sounding(jack: Jack, tmp_path: Path) -> None:
+    player, synth = Player(jack), Receiver(jack)
+    with closing(player, synth), daemon(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as improvd:
+        port_in, port_out = improvd.ports()
+        jack.connect(player.name, port_in)
+        jack.connect(port_out, synth.name)
+        player.play()
+        synth.wait_for(synth.sounding, 5, "a sounding answer note")
+        stopped_at = time.monotonic()
+        assert improvd.stop(signal.SIGTERM) == 0
+        assert not synth.sounding(), f"left sounding: {synth.sounding()}"  # by explicit NOTE_OFFs
+        assert synth.all_notes_off_channels(stopped_at) == set(range(16))
+        assert_well_formed(synth.notes(), "answer stopped by SIGTERM")
+        assert "stopped: " in improvd.log()
+
+
+def test_restarted_daemon_sends_all_notes_off_at_startup(jack: Jack, tmp_path: Path) -> None:
+    """A crash (SIGKILL) leaves a note hanging at the synth; the next start clears it."""
+    player, synth = Player(jack), Receiver(jack)
+    name = unique("improvd")
+    with closing(player, synth):
+        crashed = Daemon(jack, tmp_path, name, "--out", synth.client, engine={"min_answer_s": 3.0})
+        try:
+            crashed.wait_ready()
+            port_in = jack.wait_port(crashed.in_name)
+            jack.connect(player.name, port_in)
+            player.play()
+            synth.wait_for(synth.sounding, 5, "a sounding answer note")
+        finally:
+            crashed.kill()
+        hanging = synth.sounding()
+        assert hanging, "the crash should leave a note on (else this test proves nothing)"
+        restart = time.monotonic()
+        second = Daemon(jack, tmp_path, name, "--out", synth.client)
+        try:
+            second.wait_ready()
+            synth.wait_for(lambda: synth.all_notes_off_channels(restart) == set(range(16)), 5,
+                           "all-notes-off on 16 channels")
+            assert not synth.sounding(all_notes_off=True)
+            pedal_up = {m.channel for _, m in synth.since(restart) if m.type == "control_change" and m.control == 64}
+            assert pedal_up == set(range(16))
+        finally:
+            second.kill()
+
+
+def test_existing_ports_by_name_substring(jack: Jack, tmp_path: Path) -> None:
+    """--in/--out pick other programs' ports by case-insensitive substring; improvd adds one
+    port each way, named after it, connected to them, and no virtual port."""
+    player, synth = Player(jack), Receiver(jack)
+    flags = ("--in", player.client.upper(), "--out", synth.client)
+    with closing(player, synth), daemon(jack, tmp_path, *flags) as improvd:
+        connections = jack.connections()
+        assert connections[player.name] == [f"{improvd.in_name}:{improvd.in_name}"]
+        assert connections[synth.name] == [f"{improvd.out_name}:{improvd.out_name}"]
+        ours = [p for p in jack.ports() if p.startswith(improvd.name) or "RtMidi" in p]
+        assert sorted(ours) == sorted(f"{n}:{n}" for n in (improvd.in_name, improvd.out_name))
+        start = time.monotonic()
+        player.play()
+        synth.wait_for(lambda: synth.note_ons(start), 5, "an answer")
+        assert f"in '{player.name}' (as '{improvd.in_name}')" in improvd.log()
+
+
+def test_unknown_port_name_exits_4_listing_the_real_ports(jack: Jack, tmp_path: Path) -> None:
+    player, synth = Player(jack), Receiver(jack)
+    with closing(player, synth):
+        for flag, direction, theirs in (("--in", "input", player.name), ("--out", "output", synth.name)):
+            with daemon(jack, tmp_path, flag, "no-such-port", ready=False) as improvd:
+                assert improvd.process.wait(20) == 4, improvd.log()
+                message = improvd.log()
+                assert f"improvd: no MIDI {direction} port matches 'no-such-port'; {direction} ports: " in message
+                assert repr(theirs) in message
+                assert improvd.name not in message.partition("ports: ")[2], "improvd listed its own port"
+                assert "Traceback" not in message
+                jack.wait_port(improvd.out_name, gone=True)
+                jack.wait_port(improvd.in_name, gone=True)
+
+
+def test_output_peer_vanishing_and_returning_is_survived(jack: Jack, tmp_path: Path) -> None:
+    player = Player(jack)
+    synth = Receiver(jack)
+    client = synth.client
+    with closing(player), daemon(jack, tmp_path, "--out", client, engine={"min_answer_s": 3.0}) as improvd:
+        port_in = jack.wait_port(improvd.in_name)
+        jack.connect(player.name, port_in)
+        player.play()
+        synth.wait_for(synth.sounding, 5, "a sounding answer note")
+        synth.close()  # the synth quits in the middle of the answer
+        improvd.wait_log(r"output port .* went away", timeout=5)
+        back = Receiver(jack, client)  # and comes back under the same name
+        with closing(back):
+            improvd.wait_log(r"output port .* is back and reopened", timeout=5)
+            back.wait_for(lambda: back.all_notes_off_channels() == set(range(16)), 5, "all-notes-off")
+            assert improvd.process.poll() is None
+            assert jack.connections()[back.name] == [f"{improvd.out_name}:{improvd.out_name}"]
+            start = time.monotonic()
+            player.play()
+            back.wait_for(lambda: back.note_ons(start), 5, "an answer on the returned port")
+            back.wait_for(lambda: time.monotonic() > back.note_ons(start)[0][0] + 3.0 and not back.sounding(), 8,
+                          "the answer's end")
+            assert_well_formed(back.notes(), "answers to the returned synth")  # no stray NOTE_OFF
+            assert improvd.stop() == 0
+
+
+def test_seed_file_continuation_keeps_its_timing(jack: Jack, tmp_path: Path) -> None:
+    """--seed-file plays the continuation on the port; every note lands on the 10 ms grid it
+    was scheduled on, shifted by one constant transport delay, within the scheduler's
+    tolerance plus one JACK period."""
+    synth = Receiver(jack)
+    length = 3.0
+    with closing(synth):
+        with daemon(jack, tmp_path, "--seed-file", str(MOTIF), "--length", str(length), "--out", synth.client,
+                    ready=False) as improvd:
+            improvd.wait_ready()
+            ready = time.monotonic()
+            synth.wait_for(synth.note_ons, 5, "the continuation")
+            first = synth.note_ons()[0][0]
+            synth.wait_for(lambda: time.monotonic() > first + length and not synth.sounding(), 10,
+                           "the continuation's end")
+            assert improvd.stop() == 0
+            log = improvd.log()
+        assert first - ready <= SILENCE_MS / 1000 + tolerance(jack)
+        events = synth.notes()
+        assert_well_formed(events, "continuation")
+        times = [t for t, _ in events]
+        assert length - 0.1 <= times[-1] - first <= length + tolerance(jack)
+        arc = grid_arc([t for t, _ in events], keep=0.9)
+        allowed = jack.period_s + 0.003
+        assert arc <= allowed, (f"90% of the notes lie within {arc * 1e3:.1f} ms of the 10 ms grid; "
+                                f"allowed {allowed * 1e3:.1f} ms (period {jack.period_s * 1e3:.1f} ms)")
+        lateness = re.search(r"output_lateness p50=([\d.]+) p99=([\d.]+) max=([\d.]+) ms", log)
+        assert lateness, log
+        assert float(lateness.group(2)) <= 3.0, lateness.group(0)
+
+
+def grid_arc(times: list[float], keep: float) -> float:
+    """The shortest stretch of the 10 ms cycle holding ``keep`` of the times' phases: how
+    far the arrivals spread around the grid they were scheduled on (a constant delay only
+    rotates the phases; random timing would spread them over most of the 10 ms)."""
+    phases = sorted((t % TICK_S) for t in times)
+    n = len(phases)
+    count = max(1, int(round(keep * n)))
+    doubled = phases + [p + TICK_S for p in phases]
+    return min(doubled[i + count - 1] - doubled[i] for i in range(n))

@@ -1,0 +1,290 @@
+"""improvd as a systemd service: signals on the real process over real JACK ports, the
+unit files (systemd-analyze verify and security), `make install-service`, and log lines."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from improvd import cli
+from improvd.config import PROJECT_ROOT, ServiceConfig, load_config
+from tests.conftest import in_ci
+from tests.service_helpers import (
+    STOP_DEADLINE_S,
+    TIMESTAMP,
+    Improvd,
+    Listener,
+    Player,
+    improvd_command,
+    log_lines,
+    write_config,
+)
+
+SYSTEMD = PROJECT_ROOT / "systemd"
+USER_UNIT = SYSTEMD / "improvd.service"
+SYSTEM_UNIT = SYSTEMD / "improvd-system.service"
+SYSTEM_PREFIX = "/opt/improvd/"  # where `make install-service SYSTEM=1` puts the venv
+MAX_EXPOSURE = 2.0
+
+
+# ---- the real process, over JACK ----------------------------------------------------------
+
+
+@pytest.fixture
+def session(jack, tmp_path):
+    """A running improvd on the test JACK server with a player and a listener wired to it."""
+    started = []
+
+    def start(config: Path | None = None, env: dict[str, str] | None = None) -> tuple[Improvd, Player, Listener]:
+        daemon = Improvd(config or write_config(tmp_path / "config.toml"), env)
+        started.append(daemon)
+        daemon.wait_line("ready:")
+        player, listener = Player(jack), Listener(jack)
+        started.extend((player, listener))
+        player.connect()
+        listener.connect()
+        return daemon, player, listener
+
+    yield start
+    for thing in reversed(started):
+        thing.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_mid_answer_releases_every_note_and_exits_0_within_1s(session, signum):
+    daemon, player, listener = session()
+    player.play()
+    sounding = listener.wait_sounding()  # the answer has started: these notes are down now
+    sent_at = daemon.send_signal(signum)
+    code, elapsed = daemon.wait_exit(sent_at)
+    time.sleep(0.1)  # anything still in flight through JACK
+    assert sounding, "the signal was meant to arrive while a note sounded"
+    assert code == 0, daemon.log()
+    assert elapsed < STOP_DEADLINE_S, f"exit took {elapsed:.3f} s"
+    assert listener.unreleased() == [], f"notes left sounding at the receiver: {listener.unreleased()}"
+    assert listener.all_notes_off_channels(since=sent_at) == set(range(16))
+    daemon.wait_line(f"stopping on {signal.Signals(signum).name}")
+    assert all(TIMESTAMP.match(line) for line in log_lines(daemon)), "timestamps expected outside journald"
+
+
+def test_stop_signal_while_idle_exits_0_within_1s(session):
+    daemon, _, _ = session()
+    time.sleep(0.3)  # the loop is waiting for input
+    code, elapsed = daemon.wait_exit(daemon.send_signal(signal.SIGTERM))
+    assert code == 0, daemon.log()
+    assert elapsed < STOP_DEADLINE_S, f"exit took {elapsed:.3f} s"
+
+
+def test_sighup_reloads_a_good_config_without_a_stuck_note_and_keeps_answering(session, tmp_path):
+    config = write_config(tmp_path / "config.toml")
+    daemon, player, listener = session(config)
+    player.play()
+    listener.wait_sounding()
+    write_config(config, sampler={"temperature": 0.8}, engine={"silence_ms": 250})
+    mark = len(daemon.lines)
+    daemon.send_signal(signal.SIGHUP)
+    daemon.wait_line("reloaded", start=mark)
+    time.sleep(0.2)
+    assert listener.unreleased() == [], "the reload left notes sounding"
+    assert daemon.process.poll() is None
+    # Still answering, on the same ports.
+    phrase_end = player.play()
+    listener.wait_sounding()
+    assert listener.note_ons(since=phrase_end)
+
+
+@pytest.mark.parametrize("bad", [
+    {"engine": {"silence_ms": 5}},
+    {"model": {"path": '"missing.onnx"'}},
+    {"engine": {"mode": '"solo"'}, "sampler": {"temprature": 1}},
+], ids=["invalid-setting", "missing-model", "two-problems"])
+def test_sighup_refuses_a_bad_config_and_keeps_the_old_one_running(session, tmp_path, bad):
+    config = write_config(tmp_path / "config.toml")
+    daemon, player, listener = session(config)
+    write_config(config, **bad)
+    mark = len(daemon.lines)
+    daemon.send_signal(signal.SIGHUP)
+    line = daemon.lines[daemon.wait_line("reload refused", start=mark)]
+    assert "keeping the running configuration" in line
+    assert "reloaded" not in daemon.log()
+    phrase_end = player.play()
+    listener.wait_sounding()  # the old configuration still answers
+    assert listener.note_ons(since=phrase_end)
+    assert daemon.process.poll() is None
+
+
+def test_sigusr1_logs_the_telemetry(session):
+    daemon, player, listener = session()
+    player.play()
+    listener.wait_sounding()
+    mark = len(daemon.lines)
+    daemon.send_signal(signal.SIGUSR1)
+    line = daemon.lines[daemon.wait_line("telemetry:", start=mark)]
+    assert "input_to_state p50=" in line and "notes_in=" in line, line
+    assert daemon.process.poll() is None
+
+
+# ---- logs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journald", "terminal"])
+def test_log_lines_carry_timestamps_only_outside_journald(monkeypatch, capsys, journal):
+    if journal:
+        monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    else:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    cli.setup_logging("info")
+    try:
+        logging.getLogger("improvd.daemon").info("ready: mode duet")
+        logging.getLogger("improvd.daemon").debug("not shown at info")
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    if journal:
+        assert lines[0] == "INFO improvd.daemon: ready: mode duet"
+    else:
+        assert TIMESTAMP.match(lines[0]) and lines[0].endswith("INFO improvd.daemon: ready: mode duet")
+
+
+# ---- the unit files ---------------------------------------------------------------------------
+
+
+def directives(path: Path) -> dict[str, list[str]]:
+    """Section.Key -> every value it is given (systemd keeps repeated keys), comments skipped."""
+    found: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        found.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return found
+
+
+@pytest.mark.parametrize("unit", [USER_UNIT, SYSTEM_UNIT], ids=["user", "system"])
+def test_units_are_notify_services_with_a_watchdog_reload_and_restart(unit):
+    d = directives(unit)
+    assert d["Service.Type"] == ["notify"]
+    assert d["Service.NotifyAccess"] == ["main"]
+    assert d["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert d["Service.Restart"] == ["on-failure"]
+    watchdog = d["Service.WatchdogSec"][0]
+    assert watchdog.endswith("s") and float(watchdog[:-1]) >= 2
+    assert "--config" in d["Service.ExecStart"][0]
+
+
+def test_system_unit_runs_unprivileged_with_only_midi_devices_and_realtime():
+    d = directives(SYSTEM_UNIT)
+    assert d["Service.User"] == ["improvd"] and d["Service.SupplementaryGroups"] == ["audio"]
+    assert d["Service.DevicePolicy"] == ["closed"] and d["Service.DeviceAllow"] == ["char-alsa rw"]
+    assert d["Service.RestrictAddressFamilies"] == ["AF_UNIX"]  # sd_notify, JACK; no network
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateNetwork", "MemoryDenyWriteExecute"):
+        assert d[f"Service.{key}"] == ["yes"], key
+    assert d["Service.ProtectSystem"] == ["strict"]
+    # The scheduler thread's SCHED_FIFO at the default priority must stay possible.
+    assert int(d["Service.LimitRTPRIO"][0]) >= ServiceConfig().realtime_priority
+    assert "Service.RestrictRealtime" not in d
+    assert "Service.PrivateDevices" not in d  # it would hide /dev/snd/seq
+    assert d["Service.ExecStart"][0].startswith(SYSTEM_PREFIX)
+
+
+@pytest.fixture(scope="module")
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        message = "systemd-analyze not found (Debian/Ubuntu: apt-get install systemd)"
+        if in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+def analyze(tool: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # SYSTEMD_LOG_TARGET=console: in --user mode the findings would otherwise go to a journal.
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SYSTEMD_LOG_TARGET": "console", **(env or {})})
+
+
+def improvd_executable() -> Path:
+    command = improvd_command()
+    if len(command) != 1:
+        pytest.skip("no `improvd` console script beside this Python (pip install -e . makes one)")
+    return Path(command[0])
+
+
+def test_system_unit_verifies(systemd_analyze, tmp_path):
+    # As `make install-service SYSTEM=1 PREFIX=...` installs it: ExecStart must exist to verify.
+    prefix = tmp_path / "opt"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "improvd").symlink_to(improvd_executable())
+    unit = tmp_path / "improvd.service"
+    unit.write_text(SYSTEM_UNIT.read_text().replace(SYSTEM_PREFIX, f"{prefix}/"))
+    result = analyze(systemd_analyze, "verify", str(unit))
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+@pytest.fixture(scope="module")
+def user_install(tmp_path_factory) -> Path:
+    """`make install-service` into a scratch home: the user unit, config and command link."""
+    if shutil.which("make") is None:
+        pytest.skip("make not found")
+    improvd_executable()
+    home = tmp_path_factory.mktemp("home")
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "install-service", f"HOME={home}",
+         f"XDG_CONFIG_HOME={home}/.config", "SYSTEMCTL=true", f"BIN={Path(sys.executable).parent}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return home
+
+
+def test_make_install_service_installs_unit_config_and_command_for_the_user(user_install):
+    home = user_install
+    unit = home / ".config" / "systemd" / "user" / "improvd.service"
+    assert unit.read_text() == USER_UNIT.read_text()
+    config = load_config(home / ".config" / "improvd" / "config.toml")
+    assert config.model.path.is_file(), "the installed config must find the model from its new place"
+    assert (home / ".local" / "bin" / "improvd").resolve() == improvd_executable().resolve()
+
+
+def test_make_install_service_keeps_an_edited_config(user_install):
+    config = user_install / ".config" / "improvd" / "config.toml"
+    config.write_text(config.read_text() + "\n# edited by hand\n")
+    result = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "install-service",
+                             f"HOME={user_install}", f"XDG_CONFIG_HOME={user_install}/.config", "SYSTEMCTL=true"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert config.read_text().endswith("# edited by hand\n")
+
+
+def test_user_unit_verifies_as_installed(systemd_analyze, user_install, tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    unit = user_install / ".config" / "systemd" / "user" / "improvd.service"
+    result = analyze(systemd_analyze, "--user", "verify", str(unit),
+                     env={"HOME": str(user_install), "XDG_CONFIG_HOME": f"{user_install}/.config",
+                          "XDG_RUNTIME_DIR": str(runtime)})
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_system_unit_security_exposure_is_at_most_2(systemd_analyze):
+    result = analyze(systemd_analyze, "security", "--offline=true", "--no-pager", str(SYSTEM_UNIT))
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    exposure = float(match.group(1))
+    print(f"\nsystemd-analyze security --offline=true {SYSTEM_UNIT.name}: exposure {exposure}")
+    assert exposure <= MAX_EXPOSURE, result.stdout
