@@ -69,7 +69,8 @@ class Reply:
 
     def extend(self, other: Reply) -> Reply:
         if other.cancel_after is not None:
-            self.cancel_after = other.cancel_after if self.cancel_after is None else min(self.cancel_after, other.cancel_after)
+            earlier = other.cancel_after if self.cancel_after is None else min(self.cancel_after, other.cancel_after)
+            self.cancel_after = earlier
             self.messages = [m for m in self.messages if m.time <= other.cancel_after]
         self.release |= other.release
         self.messages += other.messages
@@ -153,8 +154,8 @@ class Engine:
             reply.messages.append(Timed(now, message, passthrough=True))
         now = max(now, self._committed_time())
         probe = self.encoder.copy()
-        if not probe.feed(message, now):  # e.g. a NOTE_OFF for a key that is not down
-            return reply
+        if not probe.feed(message, now) and vars(probe) == vars(self.encoder):
+            return reply  # changes nothing: a NOTE_OFF for a key that is not down, a repeated pedal value
         is_strike = kind == "note_on" and message.velocity > 0
         reply.extend(self._rollback(now))
         if is_strike:

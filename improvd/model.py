@@ -49,7 +49,8 @@ def read_metadata(onnx_path: Path) -> dict:
     if version != FORMAT_VERSION:
         raise ModelError(f"{json_path}: format_version {version!r}, this improvd reads {FORMAT_VERSION}")
     if metadata.get("vocab") != vocab.spec():
-        raise ModelError(f"{json_path}: vocabulary differs from this improvd's: {_vocab_difference(metadata.get('vocab'))}")
+        difference = _vocab_difference(metadata.get("vocab"))
+        raise ModelError(f"{json_path}: vocabulary differs from this improvd's: {difference}")
     architecture = metadata.get("architecture")
     if not isinstance(architecture, dict) or not all(
         isinstance(architecture.get(k), int) for k in ("layers", "units")

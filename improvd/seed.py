@@ -35,7 +35,8 @@ def read_seed(path: Path, track: int | None = None) -> list[tuple[float, mido.Me
     if size == 0:
         raise InputFileError(f"{path}: empty file")
     if size > MAX_SEED_BYTES:
-        raise InputFileError(f"{path}: too large for a seed ({size / 2**20:.1f} MiB, limit {MAX_SEED_BYTES // 2**20} MiB)")
+        limit = MAX_SEED_BYTES // 2**20
+        raise InputFileError(f"{path}: too large for a seed ({size / 2**20:.1f} MiB, limit {limit} MiB)")
     try:
         midi = mido.MidiFile(path)
     except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as err:

@@ -55,7 +55,8 @@ class Telemetry:
         parts = []
         for name, s in snap["latency"].items():
             if s["n"]:
-                parts.append(f"{name} p50={s['p50_ms']:.2f} p99={s['p99_ms']:.2f} max={s['max_ms']:.2f} ms (n={s['n']})")
+                figures = f"p50={s['p50_ms']:.2f} p99={s['p99_ms']:.2f} max={s['max_ms']:.2f} ms"
+                parts.append(f"{name} {figures} (n={s['n']})")
         counters = {**snap["counters"], **(extra or {})}
         parts += [f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(counters.items())]
         return "; ".join(parts) if parts else "no activity yet"

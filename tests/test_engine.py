@@ -184,6 +184,18 @@ def test_midi_clock_stop_and_start():
     assert answer_notes(room)
 
 
+def test_pedal_pressed_during_an_answer_holds_the_players_next_notes():
+    eng = make_engine(min_answer_s=2.0, max_answer_s=2.0)
+    room = Room()
+    run(eng, room, 0.0, 2.5, events=phrase(0.0))
+    assert eng.answering
+    eng.on_message(mido.Message("control_change", control=64, value=127), 2.5)
+    assert eng.encoder.pedal_down and eng.answering  # the pedal is not a barge-in
+    eng.on_message(note("note_on", 40), 2.6)
+    eng.on_message(note("note_off", 40), 2.7)
+    assert 40 in eng.encoder.held_by_pedal and eng.silence_deadline() is None
+
+
 def test_channel_filter_ignores_other_channels():
     eng = make_engine(input_channels=frozenset({0}))
     room = Room()

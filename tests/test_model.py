@@ -87,7 +87,8 @@ def test_auto_device_says_which_provider_in_one_line(caplog):
         model = StepModel(MODEL_PATH, device="auto")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    assert ("CUDA" in lines[0]) if model.provider == "cuda" else ("runs on the CPU, one thread (device=auto:" in lines[0])
+    expected = "CUDA" if model.provider == "cuda" else "runs on the CPU, one thread (device=auto:"
+    assert expected in lines[0]
 
 
 def test_cuda_requested_without_a_gpu_is_a_clear_error():

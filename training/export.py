@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         onnx_path.write_bytes(chosen.read_bytes())
 
     manifest_path = data / "manifest.json"
+    data_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"path": str(data)}
+    data_manifest["skipped"] = len(data_manifest.get("skipped", []))  # the count; the list stays with the data
     metadata = {
         "format_version": FORMAT_VERSION,
         "vocab": vocab.spec(),
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         "precision": "int8" if args.quantize else "fp32",
         "training": {
             "arguments": run_args,
-            "data": json.loads(manifest_path.read_text()) if manifest_path.exists() else str(data),
+            "data": data_manifest,
             "state": json.loads((run / "state.json").read_text()),
             "weights": args.weights,
         },
@@ -185,7 +187,6 @@ def main(argv: list[str] | None = None) -> None:
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         "onnx_file": onnx_path.name,
     }
-    metadata["training"]["data"].pop("skipped", None) if isinstance(metadata["training"]["data"], dict) else None
     out.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
     print(f"export: wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.json')}")
 

@@ -124,7 +124,8 @@ def list_sources(collections: list[str], folders: list[str], limit: int | None) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=CORPUS, help="music21 corpus collections, comma-separated ('' for none)")
-    parser.add_argument("--folder", action="append", default=[], help="a folder of MIDI/ABC/MusicXML/kern files (repeatable)")
+    parser.add_argument("--folder", action="append", default=[],
+                        help="a folder of MIDI/ABC/MusicXML/kern files (repeatable)")
     parser.add_argument("--out", default=OUT, help="output folder")
     parser.add_argument("--workers", type=int, default=WORKERS)
     parser.add_argument("--limit", type=int, default=None, help="at most this many files per source (for quick runs)")
