@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test model lint bench clean
+.PHONY: demo test model lint bench clean install-service
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,42 @@ model: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/step.py
+
+# Run as a service (systemd/ and README "Run as a service"):
+#   make install-service                 user unit -> ~/.config/systemd/user, config.toml ->
+#                                        ~/.config/improvd/ (kept if present), ~/.local/bin/improvd
+#                                        -> this checkout's venv; then: systemctl --user enable --now improvd
+#   sudo make install-service SYSTEM=1   venv in $(PREFIX), user "improvd" (group audio), config
+#                                        /etc/improvd/config.toml (kept if present), system unit as
+#                                        /etc/systemd/system/improvd.service; then: systemctl enable --now improvd
+PREFIX ?= /opt/improvd
+SYSTEMCTL ?= systemctl
+XDG_CONFIG_HOME ?= $(HOME)/.config
+
+install-service: $(if $(filter 1,$(SYSTEM)),,$(STAMP))  # SYSTEM=1 builds its own venv in $(PREFIX)
+ifeq ($(SYSTEM),1)
+	@test "$$(id -u)" = 0 || { echo "install-service SYSTEM=1 needs root: sudo make install-service SYSTEM=1"; exit 1; }
+	umask 022 && $(PYTHON) -m venv $(PREFIX) && $(PREFIX)/bin/pip install --quiet --upgrade pip && $(PREFIX)/bin/pip install --quiet .
+	install -d -m 755 $(PREFIX)/share/improvd
+	install -m 644 exported/improvd.onnx exported/improvd.json $(PREFIX)/share/improvd/
+	getent group audio >/dev/null || groupadd --system audio
+	id -u improvd >/dev/null 2>&1 || useradd --system --user-group --groups audio --home-dir /nonexistent \
+		--no-create-home --shell /usr/sbin/nologin --comment "improvd MIDI daemon" improvd
+	install -d -m 755 /etc/improvd
+	test -e /etc/improvd/config.toml || { umask 022 && sed -e 's|^path = "exported/improvd.onnx"|path = "$(PREFIX)/share/improvd/improvd.onnx"|' \
+		-e 's|^realtime = false|realtime = true|' config.toml > /etc/improvd/config.toml; }
+	umask 022 && sed 's|/opt/improvd/|$(PREFIX)/|' systemd/improvd-system.service > /etc/systemd/system/improvd.service
+	$(SYSTEMCTL) daemon-reload
+	@echo "installed; start it with: systemctl enable --now improvd"
+else
+	install -d $(XDG_CONFIG_HOME)/systemd/user $(XDG_CONFIG_HOME)/improvd $(HOME)/.local/bin
+	install -m 644 systemd/improvd.service $(XDG_CONFIG_HOME)/systemd/user/improvd.service
+	test -e $(XDG_CONFIG_HOME)/improvd/config.toml || \
+		sed 's|^path = "exported/improvd.onnx"|path = "$(CURDIR)/exported/improvd.onnx"|' config.toml > $(XDG_CONFIG_HOME)/improvd/config.toml
+	test -e $(HOME)/.local/bin/improvd || ln -sfn $(abspath $(BIN))/improvd $(HOME)/.local/bin/improvd
+	$(SYSTEMCTL) --user daemon-reload || echo "no user systemd here: run 'systemctl --user daemon-reload' in your session"
+	@echo "installed; start it with: systemctl --user enable --now improvd"
+endif
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -36,6 +37,8 @@ HARD_MAX_PENDING = 8192  # beyond which everything is dropped: memory stays boun
 LOOP_MAX_WAIT_S = 0.05  # also bounds how long SIGTERM waits for the loop to notice
 STATUS_INTERVAL_S = 5.0  # STATUS= for `systemctl status`, resent only when it changed
 RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
+INPUT_BATCH = 32  # input messages folded between two generation polls
+SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms GIL slice would make the scheduler late
 
 
 def engine_settings(config: Config) -> engine_module.Settings:
@@ -81,13 +84,13 @@ class Inbox:
             self.items.append((arrival, message))
             self.ready.notify()
 
-    def take(self, timeout: float) -> list[tuple[float, mido.Message]]:
+    def take(self, timeout: float, limit: int) -> list[tuple[float, mido.Message]]:
+        """Up to ``limit`` messages, oldest first; a flood is worked off between polls so
+        generation keeps up with the output schedule."""
         with self.ready:
             if not self.items and timeout > 0:
                 self.ready.wait(timeout)
-            taken = list(self.items)
-            self.items.clear()
-            return taken
+            return [self.items.popleft() for _ in range(min(limit, len(self.items)))]
 
 
 class Daemon:
@@ -104,6 +107,7 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.report_requested = threading.Event()
         self.inbox = Inbox(self.telemetry)
+        self._last_steps = (time.monotonic(), 0)
         self.model: StepModel | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
@@ -139,6 +143,7 @@ class Daemon:
             self.engine = build_engine(self.config, self.model, time.monotonic())
             realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
             self.scheduler = Scheduler(self.output.send, self.telemetry, realtime_priority=realtime)
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
             self.scheduler.start()
             self._startup_messages(seed)
             self.notifier.ready(self.status())
@@ -164,11 +169,13 @@ class Daemon:
     def _open_ports(self) -> None:
         p = self.config.ports
         midi = backend(p.api)
-        self.output = OutputPort(midi, p.output or p.virtual_output, virtual=not p.output)
+        self.output = OutputPort(midi, p.output or p.virtual_output, virtual=not p.output,
+                                 local_name=p.virtual_output)
         self.output.open()
-        self.input = InputPort(midi, p.input or p.virtual_input, virtual=not p.input, callback=self.inbox.put)
+        self.input = InputPort(midi, p.input or p.virtual_input, virtual=not p.input, callback=self.inbox.put,
+                               local_name=p.virtual_input)
         self.input.open()
-        log.info("ports: in %s, out %s (api %s)", self.input, self.output, p.api)
+        log.info("ports: in %s, out %s (api %s)", self.input, self.output, midi.api)
 
     def _startup_messages(self, seed) -> None:
         now = time.monotonic()
@@ -195,7 +202,7 @@ class Daemon:
             now = time.monotonic()
             wake = self.engine.next_wakeup(now)
             timeout = LOOP_MAX_WAIT_S if wake is None else min(LOOP_MAX_WAIT_S, max(0.0, wake - now))
-            for arrival, message in self.inbox.take(timeout):
+            for arrival, message in self.inbox.take(timeout, INPUT_BATCH):
                 self.scheduler.submit(self.engine.on_message(message, arrival))
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             self.scheduler.submit(self.engine.poll(time.monotonic()))
@@ -205,7 +212,7 @@ class Daemon:
                 # engine or a dead scheduler stops the pings and systemd restarts us.
                 watchdog_every = self.notifier.watchdog_interval if self.config.service.watchdog else None
                 if watchdog_every and now >= next_watchdog:
-                    if self._scheduler_alive():
+                    if self.scheduler.alive():
                         self.notifier.watchdog()
                     elif not scheduler_died:
                         scheduler_died = True
@@ -225,18 +232,22 @@ class Daemon:
                 self.reload_requested.clear()
                 self.reload()
 
-    def _scheduler_alive(self) -> bool:
-        thread = getattr(self.scheduler, "_thread", None)  # Scheduler has no public liveness check
-        return thread is not None and thread.is_alive()
-
     def _check_ports(self) -> None:
+        """Follow ports that vanish and come back. When the output's peer goes, the answer
+        is stopped and the notes forgotten while nothing can hear them (the release goes
+        nowhere), so the peer that comes back gets all-notes-off and no stray NOTE_OFF."""
         was_open = self.output.port is not None
         self.output.check()
         self.input.check()
-        if self.output.port is not None and not was_open:
+        if was_open and self.output.port is None:
+            self.scheduler.submit(self.engine.panic(time.monotonic()))
             self.scheduler.release_all()
-            for message in all_notes_off():
-                self.output.send(message)
+        elif self.output.port is not None and not was_open:
+            try:
+                for message in all_notes_off():
+                    self.output.send(message)
+            except ImprovdError as err:  # gone again already: the next check sees it
+                log.warning("output port: %s", err)
 
     def reload(self) -> None:
         """SIGHUP: new config and model without closing the ports; a bad one is refused and
@@ -286,5 +297,9 @@ class Daemon:
             extra.update(notes_in=c.notes_in, notes_out=c.notes_out, answers=c.answers,
                          barge_ins=c.barge_ins, ignored=c.messages_ignored)
         if self.model is not None:
-            extra["model_steps"] = self.model.steps
+            now, steps = time.monotonic(), self.model.steps
+            last_time, last_steps = self._last_steps
+            extra["model_steps"] = steps
+            extra["model_steps_per_s"] = (steps - last_steps) / max(1e-9, now - last_time)
+            self._last_steps = (now, steps)
         return self.telemetry.line(extra)

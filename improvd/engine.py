@@ -125,6 +125,9 @@ class Engine:
         self.first_note_pending = False
         self.journal: list[_JournalEntry] = []
         self.answering = False
+        # The answer starts exactly on the silence deadline, not on the 10 ms grid the
+        # model counts time in: output times are grid times plus this offset (< 5 ms).
+        self.output_offset = 0.0
         self.answer_end = 0.0
         self.answer_deadline = 0.0
         self.next_answer_length: float | None = None
@@ -319,6 +322,7 @@ class Engine:
         state as in the room."""
         reply = self._rollback(now) if rollback else Reply()
         self.answering = False
+        self.output_offset = 0.0
         self._fold(self.encoder.advance(now))
         for pitch in sorted(self.own_notes):
             self._apply(vocab.NOTE_OFF_OFFSET + pitch)
@@ -335,6 +339,7 @@ class Engine:
             length = min(max(s.answer_ratio * phrase, s.min_answer_s), s.max_answer_s)
         self.answering = True
         self.answer_deadline = deadline
+        self.output_offset = deadline - _ticks(deadline) * vocab.TICK_S
         self.answer_end = deadline + length
         self._phrase_start_before_answer = self.phrase_start
         self.phrase_start = None
@@ -363,19 +368,19 @@ class Engine:
                 if message.type == "note_on" and self.first_note_pending:
                     self.first_note_pending = False
                     deadline = self.answer_deadline
-                messages.append(Timed(time, message, deadline))
+                messages.append(Timed(time + self.output_offset, message, deadline))
         return messages
 
     def _finish_answer(self) -> list[Timed]:
         self.answering = False
-        time = self._stream_time()
+        time = self._stream_time() + self.output_offset
         return [Timed(time, m) for m in (self._journal_and_apply(vocab.NOTE_OFF_OFFSET + p)
                                          for p in sorted(self.own_notes)) if m is not None]
 
     def _journal_and_apply(self, token: int) -> mido.Message | None:
         before = self._snapshot()
         message = self._apply(token)
-        self.journal.append(_JournalEntry(self._stream_time(), before))
+        self.journal.append(_JournalEntry(self._stream_time() + self.output_offset, before))
         return message
 
     def _apply(self, token: int) -> mido.Message | None:

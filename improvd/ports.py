@@ -1,39 +1,168 @@
-"""MIDI ports over mido's python-rtmidi backend: virtual ports by default, existing ones
-by case-insensitive substring, and reopening a port that went away when it comes back."""
+"""MIDI ports over python-rtmidi, with mido's messages: virtual ports by default, existing
+ones by case-insensitive substring, and reopening a port that went away when it comes back.
+
+rtmidi is driven directly rather than through mido's rtmidi backend, for three reasons
+measured over JACK:
+
+- mido's backend turns any open that passes ``client_name`` into a *virtual* port, so an
+  existing port could only be opened under rtmidi's anonymous "RtMidiIn Client:RtMidi
+  Input" names; here every port of ours is named: client and port both carry the
+  configured name (``improvd in:improvd in``), virtual or connected to a peer.
+- every rtmidi object is a JACK (or ALSA) client of its own: mido's name listing creates
+  and destroys two clients per call (about 20 ms each on JACK), which would stall the
+  daemon's loop at every reconnect check, and each extra client is one more thread JACK
+  must wake every period. Here each port lists its candidates, watches its peer and
+  reopens through the one client that carries it, kept for the life of the port: improvd
+  is exactly two JACK clients, and a listing costs microseconds.
+- python-rtmidi's default API stays ALSA even where only JACK runs; ``api = "auto"``
+  here tries each compiled API in turn and keeps the first that starts.
+
+Ports of this process are left out of every listing, so that a substring can never
+connect improvd to itself.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import mido
+import rtmidi
 
 from improvd.errors import PortError
 
 log = logging.getLogger(__name__)
 
-APIS = {"auto": None, "alsa": "LINUX_ALSA", "jack": "UNIX_JACK", "coremidi": "MACOSX_CORE"}
+APIS = {
+    "auto": None,
+    "alsa": rtmidi.API_LINUX_ALSA,
+    "jack": rtmidi.API_UNIX_JACK,
+    "coremidi": rtmidi.API_MACOSX_CORE,
+}
+API_HINTS = {
+    "alsa": "is the ALSA sequencer loaded (/dev/snd/seq)?",
+    "jack": "is a JACK server running (e.g. `jackd -d dummy`, or your session's JACK)?",
+    "coremidi": "CoreMIDI exists only on macOS",
+}
+INPUT_QUEUE = 4096  # rtmidi's own input queue (only used while no callback is set)
+DEFAULT_LOCAL = {"input": "improvd in", "output": "improvd out"}
+
+T = TypeVar("T")
 
 
-def backend(api: str) -> mido.Backend:
-    """mido's rtmidi backend on the chosen API. python-rtmidi defaults to ALSA even when
-    only JACK runs, so "jack" must be asked for by name."""
+@contextlib.contextmanager
+def _quiet_c_stderr() -> Iterator[None]:
+    """Hide what libasound and libjack print on fd 2 while an API is probed: the failure
+    is reported once, as a PortError, instead of a wall of C library noise."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _retry(create: Callable[[], T], attempts: int = 3) -> T:
+    """A new MIDI client, tried again after a moment: jackd2 refuses a client now and then
+    while it is still reaping one that just quit ("Cannot notify add client")."""
+    for attempt in range(attempts):
+        try:
+            return create()
+        except Exception:  # noqa: BLE001
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class Midi:
+    """One MIDI API that starts here: its name, its rtmidi id, and the names of the ports
+    this process made (left out of every listing)."""
+
+    def __init__(self, api: str, rtapi: int) -> None:
+        self.api = api
+        self.rtapi = rtapi
+        self.own: set[str] = set()  # client = port names of our ports
+
+    def mine(self, name: str) -> bool:
+        """Whether a listed port ("client:port", ALSA adds " 128:0") is one of ours; JACK
+        renames a second client of the same name "name-01"."""
+        client, _, port = name.partition(":")
+        return any((client == own or client.startswith(own + "-")) and port.startswith(own) for own in self.own)
+
+    def names(self, rt: rtmidi.MidiIn | rtmidi.MidiOut) -> list[str]:
+        """The ports ``rt`` could open (an input lists outputs, an output inputs), ours left out."""
+        try:
+            return [n for n in rt.get_ports() if not self.mine(n)]
+        except Exception as err:  # noqa: BLE001
+            raise PortError(f"MIDI API {self.api} unavailable: {err}") from err
+
+    def listing(self) -> tuple[list[str], list[str]]:
+        """(input names, output names) that exist now, through two short-lived clients."""
+        with _quiet_c_stderr():
+            scan_in = _retry(lambda: rtmidi.MidiIn(self.rtapi, name="improvd scan"))
+            scan_out = _retry(lambda: rtmidi.MidiOut(self.rtapi, name="improvd scan"))
+        try:
+            return self.names(scan_in), self.names(scan_out)
+        finally:
+            scan_in.delete()
+            scan_out.delete()
+
+    def close(self) -> None:
+        """Nothing to release: kept for callers that close what ``backend`` returns."""
+
+
+def backend(api: str) -> Midi:
+    """The MIDI API to use: the one named, or with "auto" the first compiled-in API that
+    starts (on Linux ALSA, then JACK). PortError with the reason when none does."""
     if api not in APIS:
         raise PortError(f"ports.api: unknown MIDI API {api!r} (one of {', '.join(APIS)})")
-    name = "mido.backends.rtmidi" + (f"/{APIS[api]}" if APIS[api] else "")
-    try:
-        return mido.Backend(name, load=True)
-    except Exception as err:  # noqa: BLE001 - rtmidi raises its own error types
-        raise PortError(f"cannot load MIDI backend {name}: {err}") from err
+    compiled = rtmidi.get_compiled_api()
+    names = {rtapi: name for name, rtapi in APIS.items() if rtapi is not None}
+    if api == "auto":
+        candidates = [names[rtapi] for rtapi in compiled if rtapi in names]
+    else:
+        if APIS[api] not in compiled:
+            built = ", ".join(names[a] for a in compiled if a in names) or "none"
+            raise PortError(f"MIDI API {api!r} is not compiled into python-rtmidi here (it has: {built})")
+        candidates = [api]
+    failures = []
+    for name in candidates:
+        try:
+            with _quiet_c_stderr():
+                _retry(lambda rtapi=APIS[name]: rtmidi.MidiIn(rtapi, name="improvd probe")).delete()
+        except Exception as err:  # noqa: BLE001 - rtmidi raises its own error types
+            failures.append(f"{name}: {str(err).rstrip('.')}; {API_HINTS[name]}")
+            continue
+        if api == "auto":
+            log.info("MIDI API: %s (api = auto%s)", name, "; " + "; ".join(failures) if failures else "")
+        return Midi(name, APIS[name])
+    if api != "auto":
+        raise PortError(f"MIDI API {failures[0]}")
+    raise PortError("no MIDI API could start: " + "; ".join(failures or ["none compiled in"]))
 
 
-def port_names(midi: mido.Backend) -> tuple[list[str], list[str]]:
-    """(input names, output names) that exist now; an API that cannot start is an error."""
+def port_names(midi: Midi) -> tuple[list[str], list[str]]:
+    """(input names, output names) that exist now, ours left out."""
     try:
-        return midi.get_input_names(), midi.get_output_names()
+        return midi.listing()
+    except PortError:
+        raise
     except Exception as err:  # noqa: BLE001
-        raise PortError(f"MIDI API unavailable: {err}") from err
+        raise PortError(f"MIDI API {midi.api} unavailable: {err}") from err
 
 
 def find_port(wanted: str, names: list[str], direction: str) -> str:
@@ -51,51 +180,107 @@ def find_port(wanted: str, names: list[str], direction: str) -> str:
 
 
 class Port:
-    """One MIDI port, virtual or existing. Subclasses override only open/send/receive/close
-    (the rest, finding and reopening, is shared)."""
+    """One MIDI port of ours: virtual (others connect to it), or connected to an existing
+    port found by substring. Either way it is one MIDI client of its own, named ``local``
+    (on JACK the port reads ``local:local``), kept for the life of the port: it lists the
+    candidates, watches the peer and reopens it, so that no other client comes and goes.
+    Subclasses make the rtmidi object and name the direction."""
 
     direction = ""
 
-    def __init__(self, midi: mido.Backend, name: str, virtual: bool) -> None:
+    def __init__(self, midi: Midi, name: str, virtual: bool, local_name: str | None = None) -> None:
         self.midi = midi
         self.wanted = name
         self.virtual = virtual
-        self.name = name
-        self.port = None
+        self.local = name if virtual else (local_name or DEFAULT_LOCAL[self.direction])
+        self.name = name  # the virtual port's name, or the peer's full name once found
+        self.rt: rtmidi.MidiIn | rtmidi.MidiOut | None = None  # the client, open or not
+        self.port: rtmidi.MidiIn | rtmidi.MidiOut | None = None  # the client while its port is open
         self.lock = threading.Lock()
+
+    def _create(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
+        raise NotImplementedError
+
+    def _client(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
+        if self.rt is None:
+            try:
+                with _quiet_c_stderr():
+                    self.rt = _retry(self._create)
+            except Exception as err:  # noqa: BLE001
+                raise PortError(f"cannot open MIDI {self.direction} {self.wanted!r}: {err}") from err
+            self.midi.own.add(self.local)
+        return self.rt
+
+    def candidates(self) -> list[str]:
+        """The ports this one could connect to now (other programs' ports only)."""
+        rt = self._client()
+        with self.lock:
+            return self.midi.names(rt)
 
     def resolve(self) -> str:
         if self.virtual:
             return self.wanted
-        inputs, outputs = port_names(self.midi)
-        return find_port(self.wanted, inputs if self.direction == "input" else outputs, self.direction)
+        return find_port(self.wanted, self.candidates(), self.direction)
 
     def open(self) -> None:
-        raise NotImplementedError
+        rt = self._client()
+        self.name = self.resolve()
+        try:
+            with self.lock:
+                if self.virtual:
+                    rt.open_virtual_port(self.local)
+                else:
+                    peers = rt.get_ports()
+                    if self.name not in peers:
+                        raise PortError(f"MIDI {self.direction} port {self.name!r} went away while opening it")
+                    rt.open_port(peers.index(self.name), name=self.local)
+                self.port = rt
+        except Exception as err:
+            self._drop_client()  # a client that failed (say, its server went) is made anew next time
+            if isinstance(err, PortError):
+                raise
+            raise PortError(f"cannot open MIDI {self.direction} {self.name!r}: {err}") from err
+
+    def _close_port(self) -> None:
+        with self.lock:
+            rt, self.port = self.port, None
+            if rt is not None:
+                try:
+                    rt.close_port()  # rtmidi first delivers what is still queued
+                except Exception as err:  # noqa: BLE001 - closing must never fail a shutdown
+                    log.debug("closing %s: %s", self, err)
+
+    def _drop_client(self) -> None:
+        with self.lock:
+            rt, self.rt, self.port = self.rt, None, None
+        if rt is not None:
+            rt.delete()
 
     def close(self) -> None:
-        with self.lock:
-            if self.port is not None:
-                try:
-                    self.port.close()
-                finally:
-                    self.port = None
+        """Close the port and its client."""
+        if isinstance(self.rt, rtmidi.MidiIn):
+            try:
+                self.rt.cancel_callback()
+            except Exception as err:  # noqa: BLE001
+                log.debug("closing %s: %s", self, err)
+        self._close_port()
+        self._drop_client()
 
     def present(self) -> bool:
         """Whether the port we are connected to still exists (virtual ports always do)."""
         if self.virtual:
             return True
         try:
-            inputs, outputs = port_names(self.midi)
+            return self.name in self.candidates()
         except PortError:
             return False
-        return self.name in (inputs if self.direction == "input" else outputs)
 
     def check(self) -> None:
-        """Close a port that vanished; reopen it when it is back. Called periodically."""
+        """Close a port whose peer vanished; reopen it when the peer is back (found by the
+        same substring). Called periodically; costs one port listing."""
         if self.port is not None and not self.present():
             log.warning("%s port %r went away; waiting for it to come back", self.direction, self.name)
-            self.close()
+            self._close_port()
         elif self.port is None:
             try:
                 self.open()
@@ -104,49 +289,59 @@ class Port:
             log.warning("%s port %r is back and reopened", self.direction, self.name)
 
     def __str__(self) -> str:
-        return f"{self.name!r}{' (virtual)' if self.virtual else ''}"
+        return f"{self.name!r}{' (virtual)' if self.virtual else f' (as {self.local!r})'}"
 
 
 class InputPort(Port):
     direction = "input"
 
-    def __init__(self, midi: mido.Backend, name: str, virtual: bool,
-                 callback: Callable[[mido.Message], None]) -> None:
-        super().__init__(midi, name, virtual)
+    def __init__(self, midi: Midi, name: str, virtual: bool, callback: Callable[[mido.Message], None],
+                 local_name: str | None = None) -> None:
+        super().__init__(midi, name, virtual, local_name)
         self.callback = callback
+        self.ignored = 0  # deliveries that were no MIDI message (garbage, running status)
 
-    def open(self) -> None:
-        self.name = self.resolve()
+    def _create(self) -> rtmidi.MidiIn:
+        rt = rtmidi.MidiIn(self.midi.rtapi, name=self.local, queue_size_limit=INPUT_QUEUE)
+        rt.ignore_types(sysex=False, timing=False, active_sense=True)
+        rt.set_callback(self._receive)  # before any port opens: nothing waits in rtmidi's queue
+        return rt
+
+    def _receive(self, event: tuple[list[int], float], _data: object = None) -> None:
+        """rtmidi's callback (its own thread; on JACK the JACK process thread): parse and
+        hand over at once; it must never raise."""
         try:
-            port = self.midi.open_input(self.name, virtual=self.virtual, callback=self.callback)
-        except Exception as err:  # noqa: BLE001
-            raise PortError(f"cannot open MIDI input {self.name!r}: {err}") from err
-        with self.lock:
-            self.port = port
+            message = mido.Message.from_bytes(event[0])
+        except Exception:  # noqa: BLE001 - garbage, running status, truncated data
+            self.ignored += 1
+            return
+        try:
+            self.callback(message)
+        except Exception:  # noqa: BLE001
+            log.exception("input callback failed on %s", message)
 
 
 class OutputPort(Port):
     direction = "output"
 
-    def open(self) -> None:
-        self.name = self.resolve()
-        try:
-            port = self.midi.open_output(self.name, virtual=self.virtual)
-        except Exception as err:  # noqa: BLE001
-            raise PortError(f"cannot open MIDI output {self.name!r}: {err}") from err
-        with self.lock:
-            self.port = port
+    def _create(self) -> rtmidi.MidiOut:
+        return rtmidi.MidiOut(self.midi.rtapi, name=self.local)
 
     def send(self, message: mido.Message) -> None:
-        """Send now; while the port is away, the message is dropped (the scheduler has
-        already released what it must on reconnect via all-notes-off)."""
+        """Send now; while the port is away this raises PortError (the scheduler counts
+        it and goes on; on reconnect the daemon sends all-notes-off)."""
         with self.lock:
             if self.port is None:
                 raise PortError(f"output port {self.name!r} is not connected")
-            self.port.send(message)
+            self.port.send_message(message.bytes())
 
 
 def list_ports(api: str) -> str:
-    inputs, outputs = port_names(backend(api))
-    lines = ["inputs:"] + [f"  {n}" for n in inputs] + ["outputs:"] + [f"  {n}" for n in outputs]
+    midi = backend(api)
+    try:
+        inputs, outputs = port_names(midi)
+    finally:
+        midi.close()
+    lines = [f"api: {midi.api}", "inputs (improvd --in):"] + [f"  {n}" for n in inputs]
+    lines += ["outputs (improvd --out):"] + [f"  {n}" for n in outputs]
     return "\n".join(lines)

@@ -93,6 +93,10 @@ class Scheduler:
             self._release(self.sounding)
             self._release(self.passed_through)
 
+    def alive(self) -> bool:
+        """Whether the sending thread runs: the watchdog pings only while it does."""
+        return self._thread is not None and self._thread.is_alive()
+
     def pending(self) -> int:
         with self._wake:
             return len(self._queue)

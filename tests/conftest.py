@@ -3,10 +3,10 @@
 Which server the tests use:
 - ``JACK_DEFAULT_SERVER`` set (``.ci/run`` sets it after starting its own ``jackd``): that
   server, which must answer;
-- otherwise a private server, ``jackd -n improvd-test-<pid> --no-realtime -d dummy``,
-  started here and stopped at the end of the session. Being private, it never touches a
-  developer's running JACK session (no test note reaches a real synth) nor another test
-  run on the same machine.
+- otherwise a private server, ``jackd -n improvd-test-N --realtime -d dummy -r 48000
+  -p 128`` (the first free N of 0-3), started here and stopped at the end of the session.
+  Being private, it never touches a developer's running JACK session (no test note
+  reaches a real synth) nor another test run on the same machine.
 
 Without ``jackd`` (Debian/Ubuntu: ``apt-get install --no-install-recommends jackd2``) the
 tests that need it skip, saying so; under ``CI=true`` they fail instead.
@@ -14,8 +14,10 @@ tests that need it skip, saying so; under ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,9 +27,15 @@ from pathlib import Path
 import pytest
 
 # The dummy backend's clock: 128 frames at 48 kHz is a 2.7 ms period (.ci/run uses the same).
-JACKD_ARGS = ["--no-realtime", "-d", "dummy", "-r", "48000", "-p", "128"]
+# Realtime where allowed (root, or an rtprio limit; elsewhere jackd says so and runs
+# without): measured on a 2-core machine with both cores busy, a --no-realtime server
+# overran about three times as many cycles during this suite, and an overrun repeats or
+# drops MIDI events. IMPROVD_TEST_JACKD replaces these arguments.
+JACKD_ARGS = os.environ.get("IMPROVD_TEST_JACKD", "--realtime -d dummy -r 48000 -p 128").split()
+SERVER_NAMES = [f"improvd-test-{i}" for i in range(4)]  # fixed: jackd reclaims a dead server's slot by name
 START_TIMEOUT_S = 10.0
 TOOL_TIMEOUT_S = 10.0
+CLIENT_REFUSED = ("jack_client_open", "cannot connect", "not running", "cannot open")
 JACK_TOOLS = ("jackd", "jack_lsp", "jack_connect", "jack_disconnect", "jack_bufsize", "jack_samplerate",
               "jack_midi_dump")
 
@@ -51,13 +59,30 @@ class Jack:
     period_frames: int
     rate: int
     env: dict[str, str]
+    log_path: Path | None = None  # jackd's log, when this session started the server
+
+    def xruns(self) -> int:
+        """Cycles jackd reported overrun so far (0 when its log is not ours). A client not
+        finished in time lets the next cycle rewrite MIDI buffers it is still reading:
+        events repeat or vanish, whoever sent them."""
+        if self.log_path is None:
+            return 0
+        return self.log_path.read_text(errors="replace").count("XRun")
 
     @property
     def period_s(self) -> float:
         return self.period_frames / self.rate
 
     def tool(self, *args: str, check: bool = True, timeout: float = TOOL_TIMEOUT_S) -> str:
-        result = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout)
+        """Run a JACK tool against this server; its stdout. jackd2 refuses a new client
+        now and then while it is still reaping one that just quit ("Cannot notify add
+        client"), so a client that cannot open is retried a few times."""
+        for attempt in range(5):
+            result = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=timeout)
+            said = (result.stdout + result.stderr).lower()
+            if result.returncode == 0 or not any(sign in said for sign in CLIENT_REFUSED):
+                break
+            time.sleep(0.05 * (attempt + 1))
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({result.returncode}): {result.stdout}{result.stderr}")
         return result.stdout
@@ -127,13 +152,21 @@ def _answers(env: dict[str, str]) -> bool:
         return False
 
 
-def _describe(env: dict[str, str], server: str) -> Jack:
+def _describe(env: dict[str, str], server: str, log_path: Path | None = None) -> Jack:
     frames = subprocess.run(["jack_bufsize"], env=env, capture_output=True, text=True, timeout=5).stdout
     rate = subprocess.run(["jack_samplerate"], env=env, capture_output=True, text=True, timeout=5).stdout
     try:
-        return Jack(server, int(frames.split()[0]), int(rate.split()[0]), env)
-    except (IndexError, ValueError):
-        return Jack(server, 1024, 48000, env)  # jack_bufsize unreadable: assume the largest usual period
+        return Jack(server, int(frames.split()[0]), int(rate.split()[0]), env, log_path)
+    except (IndexError, ValueError):  # unreadable: assume the largest usual period
+        return Jack(server, 1024, 48000, env, log_path)
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 @pytest.fixture(scope="session")
@@ -149,12 +182,19 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
             not_available(f"JACK_DEFAULT_SERVER={given} is set but that JACK server does not answer")
         yield _describe(env, given)
         return
-    server = f"improvd-test-{os.getpid()}"
+    # JACK keeps at most 8 servers in its registry, and a server that is killed keeps its
+    # slot until one of the same name starts: so a few fixed names, never one per run, and
+    # jackd is told to stop (cleanly, releasing its slot) if this process dies first.
+    for server in SERVER_NAMES:
+        if not _answers(dict(env, JACK_DEFAULT_SERVER=server)):
+            break
+    else:
+        not_available(f"every test JACK server name is taken ({', '.join(SERVER_NAMES)})")
     env["JACK_DEFAULT_SERVER"] = server
     log_path = Path(tmp_path_factory.mktemp("jack")) / "jackd.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(["jackd", "-n", server, *JACKD_ARGS], env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_stop_with_parent)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _answers(env):
@@ -166,7 +206,7 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
         saved = {key: os.environ.get(key) for key in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
         os.environ.update(JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1")
         try:
-            yield _describe(env, server)
+            yield _describe(env, server, log_path)
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -176,7 +216,7 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

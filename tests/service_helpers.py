@@ -161,6 +161,13 @@ class Listener:
         with self.changed:
             return sorted(self.sounding)
 
+    def transcript(self) -> str:
+        """What arrived, one message a line with its time: for failure messages."""
+        with self.changed:
+            start = self.received[0][0] if self.received else 0.0
+            return "\n".join(f"{t - start:8.4f} {m}" for t, m in self.received
+                             if m.type != "control_change" or m.control != 64)
+
     def all_notes_off_channels(self, since: float) -> set[int]:
         with self.changed:
             return {m.channel for t, m in self.received

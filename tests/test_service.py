@@ -70,7 +70,8 @@ def test_stop_signal_mid_answer_releases_every_note_and_exits_0_within_1s(sessio
     assert sounding, "the signal was meant to arrive while a note sounded"
     assert code == 0, daemon.log()
     assert elapsed < STOP_DEADLINE_S, f"exit took {elapsed:.3f} s"
-    assert listener.unreleased() == [], f"notes left sounding at the receiver: {listener.unreleased()}"
+    assert listener.unreleased() == [], (f"notes left sounding at the receiver: {listener.unreleased()}\n"
+                                         f"{listener.transcript()}\n{daemon.log()}")
     assert listener.all_notes_off_channels(since=sent_at) == set(range(16))
     daemon.wait_line(f"stopping on {signal.Signals(signum).name}")
     assert all(TIMESTAMP.match(line) for line in log_lines(daemon)), "timestamps expected outside journald"
