@@ -43,6 +43,7 @@ TRANSPOSE = 6  # semitones, each way
 STRETCH = 0.05  # tempo stretch, each way (0.05 = 95%..105%)
 STEPS_PER_EPOCH = 0  # 0: one pass over the training tokens
 MAX_MINUTES = 0.0  # 0: no wall-clock budget
+LR_FINAL = 0.0  # with a budget: decay the learning rate linearly to this fraction by its end (0: on plateau)
 SEED = 1
 SHUFFLE_WINDOWS = 1024  # windows mixed before batching, so a batch spans many pieces
 # ---------------------------------------------------------------------------------------
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stretch", type=float, default=STRETCH)
     parser.add_argument("--steps-per-epoch", type=int, default=STEPS_PER_EPOCH)
     parser.add_argument("--max-minutes", type=float, default=MAX_MINUTES, help="stop after this much training time")
+    parser.add_argument("--lr-final", type=float, default=LR_FINAL,
+                        help="with --max-minutes: decay the learning rate linearly to lr x this by the end")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
             setattr(args, key, saved[key])
         initial_epoch = json.loads(state_path.read_text())["epoch"]
     settings = {k: v for k, v in vars(args).items() if k != "resume"}
+    if args.resume:  # keep the arguments of every earlier leg of the run, with where it stopped
+        earlier = {k: v for k, v in saved.items() if k not in ("earlier", "vocab")}
+        settings["earlier"] = saved.get("earlier", []) + [{**earlier, "until_epoch": initial_epoch}]
     (out / "args.json").write_text(json.dumps({**settings, "vocab": vocab.spec()}, indent=2))
 
     data = Path(args.data)
@@ -246,6 +252,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"train: wall-clock budget of {args.max_minutes} min reached")
                 self.model.stop_training = True
 
+    class BudgetDecay(keras.callbacks.Callback):
+        """A time budget, not an epoch count, bounds the run: decay against the clock."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            done = min(1.0, (time.monotonic() - started) / (args.max_minutes * 60))
+            self.model.optimizer.learning_rate.assign(args.lr * (1 - (1 - args.lr_final) * done))
+
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.t0 = time.monotonic()
@@ -265,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         callbacks=[
             EpochTimer(),
             keras.callbacks.CSVLogger(str(out / "log.csv"), append=args.resume),
+            BudgetDecay() if args.max_minutes and args.lr_final else
             keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=1, min_lr=1e-5),
             keras.callbacks.EarlyStopping(patience=args.patience),
             Checkpoint(),
