@@ -95,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("debug" if args.verbose else "info")
     try:
-        if args.list_ports:
-            from improvd.ports import list_ports
-
-            print(list_ports(args.api or "auto"))
-            return EXIT_OK
         overrides = overrides_of(args)
         config = load_config(args.config, overrides)
         setup_logging(config.log.level)
+        if args.list_ports:
+            from improvd.ports import list_ports
+
+            print(list_ports(config.ports.api))
+            return EXIT_OK
         if args.command == "config":
             print(format_config(config))
             return EXIT_OK

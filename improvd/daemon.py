@@ -38,6 +38,7 @@ LOOP_MAX_WAIT_S = 0.05  # also bounds how long SIGTERM waits for the loop to not
 STATUS_INTERVAL_S = 5.0  # STATUS= for `systemctl status`, resent only when it changed
 RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
 INPUT_BATCH = 32  # input messages folded between two generation polls
+MAX_LAG_S = 0.1  # a queued new note older than this is dropped
 SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms GIL slice would make the scheduler late
 
 
@@ -86,11 +87,25 @@ class Inbox:
 
     def take(self, timeout: float, limit: int) -> list[tuple[float, mido.Message]]:
         """Up to ``limit`` messages, oldest first; a flood is worked off between polls so
-        generation keeps up with the output schedule."""
+        generation keeps up with the output schedule. New notes older than MAX_LAG_S are
+        dropped (counted): under a flood, the state follows the player, not the backlog."""
         with self.ready:
             if not self.items and timeout > 0:
                 self.ready.wait(timeout)
-            return [self.items.popleft() for _ in range(min(limit, len(self.items)))]
+            taken = []
+            stale = time.monotonic() - MAX_LAG_S
+            while self.items and len(taken) < limit:
+                arrival, message = self.items.popleft()
+                if arrival < stale and message.type == "note_on" and message.velocity > 0:
+                    self.telemetry.count("input_dropped")
+                    continue
+                taken.append((arrival, message))
+            return taken
+
+    def oldest(self) -> float:
+        """Arrival time of the oldest queued message (infinity when none is queued)."""
+        with self.ready:
+            return self.items[0][0] if self.items else float("inf")
 
 
 class Daemon:
@@ -203,9 +218,11 @@ class Daemon:
             wake = self.engine.next_wakeup(now)
             timeout = LOOP_MAX_WAIT_S if wake is None else min(LOOP_MAX_WAIT_S, max(0.0, wake - now))
             for arrival, message in self.inbox.take(timeout, INPUT_BATCH):
+                self.engine.heard(time.monotonic())
                 self.scheduler.submit(self.engine.on_message(message, arrival))
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
-            self.scheduler.submit(self.engine.poll(time.monotonic()))
+            # Silence is judged at the oldest input still queued, not at the clock.
+            self.scheduler.submit(self.engine.poll(min(time.monotonic(), self.inbox.oldest())))
             now = time.monotonic()
             if self.notifier.active:
                 # Pinged from this loop, and only while the scheduler thread lives: a wedged
@@ -237,8 +254,11 @@ class Daemon:
         is stopped and the notes forgotten while nothing can hear them (the release goes
         nowhere), so the peer that comes back gets all-notes-off and no stray NOTE_OFF."""
         was_open = self.output.port is not None
+        input_was_open = self.input.port is not None
         self.output.check()
         self.input.check()
+        if input_was_open and self.input.port is None:
+            self.scheduler.submit(self.engine.release_player(time.monotonic()))
         if was_open and self.output.port is None:
             self.scheduler.submit(self.engine.panic(time.monotonic()))
             self.scheduler.release_all()

@@ -175,7 +175,7 @@ class Engine:
     def poll(self, now: float) -> Reply:
         """Start an answer when the player has gone quiet, and keep generation ``lookahead``
         ahead of ``now``."""
-        self._commit(now)
+        self.heard(now)
         if not self.playing:
             return Reply()
         reply = Reply()
@@ -213,6 +213,20 @@ class Engine:
         for time, message in messages:
             reply.extend(self.on_message(message, now - end + time))
         self.next_answer_length = length
+        return reply
+
+    def release_player(self, now: float) -> Reply:
+        """The input port went away: lift the player's keys and pedal, which will never
+        send their own releases, so that silence can be heard again."""
+        self.heard(now)
+        held = sorted(self.encoder.sounding - self.own_notes.keys())
+        reply = Reply()
+        channel = min(self.settings.input_channels, default=0)
+        if self.encoder.pedal_down:
+            reply.extend(self.on_message(mido.Message("control_change", control=vocab.SUSTAIN_CC, value=0,
+                                                      channel=channel), now))
+        for pitch in held:
+            reply.extend(self.on_message(mido.Message("note_off", note=pitch, channel=channel), now))
         return reply
 
     def panic(self, now: float) -> Reply:
@@ -292,8 +306,10 @@ class Engine:
         self.note_first = snapshot.note_first
         self.first_note_pending = snapshot.first_note_pending
 
-    def _commit(self, now: float) -> None:
-        """Forget the snapshots of events that have sounded: they can no longer be undone."""
+    def heard(self, now: float) -> None:
+        """Forget the snapshots of events that have sounded by ``now``: they can no longer
+        be undone. The daemon calls it with the real time before handing over input that
+        arrived earlier, so a rollback never takes back a note already sent."""
         heard = 0
         while heard < len(self.journal) and self.journal[heard].heard_at <= now:
             heard += 1
@@ -301,14 +317,14 @@ class Engine:
 
     def _rollback(self, now: float) -> Reply:
         """Throw away every generated event not yet heard at ``now``."""
-        self._commit(now)
+        self.heard(now)
         if not self.journal:
             return Reply()
         self.counters.rollbacks += 1
         self._restore(self.journal[0].before)
         self.journal.clear()
         if self.settings.mode == "call-response":
-            time = self._stream_time()
+            time = self._stream_time() + self.output_offset
             if time < self.answer_deadline - 1e-9:  # the answer had not begun: nothing sounded
                 self.answering = False
                 self.phrase_start = self._phrase_start_before_answer
@@ -353,14 +369,14 @@ class Engine:
         messages: list[Timed] = []
         while True:
             time = self._stream_time()
-            if self.answering and time >= self.answer_end:
+            if self.answering and time + self.output_offset >= self.answer_end - 1e-9:
                 messages += self._finish_answer()
                 break
             if time >= until:
                 break
             grammar = Grammar(self.own_notes, frozenset(self.encoder.sounding), self.encoder.tick,
                               self.encoder.velocity_bin, self.after_velocity, self.note_first,
-                              _ticks(self.answer_end) if self.answering else None)
+                              _ticks(self.answer_end - self.output_offset) if self.answering else None)
             token = self.sampler.sample(self.model.logits[0], grammar)
             message = self._journal_and_apply(token)
             if message is not None:

@@ -204,8 +204,7 @@ class Port:
     def _client(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
         if self.rt is None:
             try:
-                with _quiet_c_stderr():
-                    self.rt = _retry(self._create)
+                self.rt = _retry(self._create)
             except Exception as err:  # noqa: BLE001
                 raise PortError(f"cannot open MIDI {self.direction} {self.wanted!r}: {err}") from err
             self.midi.own.add(self.local)

@@ -95,6 +95,20 @@ def test_barge_in_stops_the_answer_releases_and_rolls_back_the_unheard_part():
     assert eng.counters.answers == 2 and not room.problems
 
 
+def test_barge_in_right_after_the_first_note_releases_it_when_the_deadline_is_off_the_grid():
+    eng = make_engine(seed=2, min_answer_s=2.0, max_answer_s=2.0)
+    room = Room()
+    events = [(0.0, note("note_on", 62)), (0.473, note("note_off", 62))]
+    deadline = 0.473 + SILENCE  # 0.973: the 10 ms grid point before it is 0.97
+    run(eng, room, 0.0, deadline, step=0.001, events=events)
+    room.advance(deadline + 0.001)
+    assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(deadline)
+    reply = eng.on_message(note("note_on", 60), deadline + 0.001)
+    assert reply.release and eng.counters.barge_ins == 1
+    room.submit(reply)
+    assert not room.sounding and not room.queue
+
+
 def test_player_returning_before_the_deadline_cancels_the_speculative_answer():
     eng = make_engine(lookahead_ms=300)
     room = Room()
@@ -194,6 +208,18 @@ def test_pedal_pressed_during_an_answer_holds_the_players_next_notes():
     eng.on_message(note("note_on", 40), 2.6)
     eng.on_message(note("note_off", 40), 2.7)
     assert 40 in eng.encoder.held_by_pedal and eng.silence_deadline() is None
+
+
+def test_vanished_keyboard_releases_the_players_keys_so_silence_comes():
+    eng = make_engine()
+    room = Room()
+    run(eng, room, 0.0, 1.0, events=[(0.0, mido.Message("control_change", control=64, value=127)),
+                                     (0.1, note("note_on", 60)), (0.2, note("note_on", 64))])
+    assert eng.silence_deadline() is None
+    eng.release_player(1.0)
+    assert not eng.encoder.pedal_down and not eng.encoder.sounding
+    run(eng, room, 1.0, 3.0)
+    assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(1.5)
 
 
 def test_channel_filter_ignores_other_channels():
