@@ -21,10 +21,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check improvd training tests bench
 
-# Reproduces the shipped model (about 90 minutes on 2 cores; see README).
+# Reproduces the shipped model: about 10 min to prepare and 80 min to train on 2 cores.
+# Two legs, as it was made: 8 epochs at a constant rate with dropout, then a resume whose
+# learning rate decays linearly over a 50-minute budget, without dropout.
 model: $(STAMP)
 	$(BIN)/python -m training.prepare --out data/corpus
-	$(BIN)/python -m training.train --data data/corpus --out runs/default --max-minutes 80
+	$(BIN)/python -m training.train --data data/corpus --out runs/default --steps-per-epoch 400 --epochs 8
+	$(BIN)/python -m training.train --data data/corpus --out runs/default --resume --steps-per-epoch 400 \
+		--epochs 60 --lr 1.5e-3 --lr-final 0.05 --dropout 0.0 --max-minutes 50
 	$(BIN)/python -m training.export --run runs/default --out exported/improvd --quantize
 	$(BIN)/python -m training.evaluate --model exported/improvd.onnx --data data/corpus --report exported/improvd.eval.json
 
