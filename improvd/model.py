@@ -106,6 +106,7 @@ class StepModel:
         if device in ("auto", "cuda"):
             usable, why = _cuda_available(ort)
             if usable:
+                ort.set_default_logger_severity(4)  # a failed CUDA start logs a wall; our line says why
                 try:
                     session = ort.InferenceSession(
                         str(self.path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -116,7 +117,9 @@ class StepModel:
                     if session.get_providers()[0] == "CUDAExecutionProvider":
                         log.info("model %s runs on CUDA (%s)", self.path.name, why)
                         return session, "cuda"
-                    usable, why = False, "onnxruntime fell back from CUDA"
+                    usable, why = False, "the CUDA provider did not start (CUDA 13 / cuDNN 9 libraries missing?)"
+                finally:
+                    ort.set_default_logger_severity(2)
             if device == "cuda":
                 raise ModelError(f"device 'cuda' requested but unavailable: {why}")
             log.info("model %s runs on the CPU, one thread (device=auto: %s)", self.path.name, why)
