@@ -171,6 +171,8 @@ def test_control_changes():
     assert eng.sampler.settings.temperature == pytest.approx(0.25)
     eng.on_message(mido.Message("control_change", control=2, value=127), 0.0)
     assert eng.settings.answer_ratio == pytest.approx(4.0)
+    eng.on_message(mido.Message("control_change", control=1, value=85), 0.0)
+    assert eng.sampler.settings.temperature == pytest.approx(1.0, abs=0.01)
     room = Room()
     run(eng, room, 0.0, 1.0)
     eng.on_message(mido.Message("control_change", control=80, value=127), 1.0)
