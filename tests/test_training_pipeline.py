@@ -100,6 +100,23 @@ def test_training_run_records_its_arguments_and_state(pipeline):
     assert len((pipeline.run / "log.csv").read_text().splitlines()) == 2  # header + one epoch
 
 
+@pytest.mark.parametrize("strategy", ["mirrored", "multiworker"])
+def test_tf_distribute_strategies_train_and_resume(pipeline, tmp_path, strategy, monkeypatch):
+    """Scale-out goes through tf.distribute; here a one-device mirror and a one-worker
+    cluster from TF_CONFIG, which is what each machine of a real cluster runs."""
+    if strategy == "multiworker":
+        cluster = {"cluster": {"worker": ["localhost:23456"]}, "task": {"type": "worker", "index": 0}}
+        monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    common = ("--data", pipeline.data, "--out", tmp_path, "--layers", 1, "--units", 16, "--embedding", 8,
+              "--steps-per-epoch", 2, "--seq-len", 32, "--batch", 8, "--strategy", strategy)
+    run("train", *common, "--epochs", 1)
+    run("train", *common, "--epochs", 2, "--resume")
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epoch"] == 2 and math.isfinite(state["best_val_loss"])
+    assert json.loads((tmp_path / "args.json").read_text())["earlier"][0]["until_epoch"] == 1
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header + both epochs
+
+
 # ---- export ---------------------------------------------------------------------------
 
 
