@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from improvd.config import Config, format_config, load_config
@@ -70,8 +71,6 @@ def setup_logging(level: str) -> None:
 
 
 def continue_to_file(config: Config, args: argparse.Namespace) -> None:
-    import time
-
     from improvd.daemon import build_engine
     from improvd.model import StepModel
     from improvd.seed import continue_offline, plot_piano_roll, read_seed, seed_notes, write_continuation

@@ -23,6 +23,7 @@ connect improvd to itself.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import os
@@ -179,7 +180,7 @@ def find_port(wanted: str, names: list[str], direction: str) -> str:
     raise PortError(f"no MIDI {direction} port matches {wanted!r}; {direction} ports: {listed}")
 
 
-class Port:
+class Port(abc.ABC):
     """One MIDI port of ours: virtual (others connect to it), or connected to an existing
     port found by substring. Either way it is one MIDI client of its own, named ``local``
     (on JACK the port reads ``local:local``), kept for the life of the port: it lists the
@@ -198,8 +199,9 @@ class Port:
         self.port: rtmidi.MidiIn | rtmidi.MidiOut | None = None  # the client while its port is open
         self.lock = threading.Lock()
 
+    @abc.abstractmethod
     def _create(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
-        raise NotImplementedError
+        """The rtmidi client object for this direction, named ``self.local``."""
 
     def _client(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
         if self.rt is None:
