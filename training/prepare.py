@@ -2,10 +2,22 @@
 
     python -m training.prepare --corpus essenFolksong,bach --out data/corpus
     python -m training.prepare --folder ~/midi --out data/mine
+    python -m training.prepare --corpus '' --performances ../shared/data/asap \
+        --folder ../shared/data/pop909 --out data/performance
 
 Sources are collections of the corpus that ships inside music21 (no download) and folders
 of .mid/.midi (read with mido) and .abc/.xml/.mxl/.musicxml/.krn (read with music21). A file
 that cannot be read is named in the manifest's `skipped` list and the run goes on.
+
+The split is by piece, never by performance, through a stable hash of the piece id:
+- `--folder`: every file is its own piece (`<folder name>/<file name>`); all tracks of a MIDI
+  file are played as one stream (POP909's melody, bridge and piano tracks together).
+- `--performances`: a folder laid out as ASAP is, one subfolder per piece holding several
+  performers' files; the piece id is that subfolder's path, with ASAP's variant suffixes
+  (`_no_repeat`, `_repeat`, `_no_trio`, ...) removed, so every performance of a piece lands
+  in the same split.
+- `--corpus`: music21 scores, made to look played (see `humanize`): a tempo drawn per piece,
+  onsets moved by a few milliseconds, phrase-level dynamics with per-note variation.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import argparse
 import hashlib
 import json
 import multiprocessing
+import re
 import time
 from pathlib import Path
 
@@ -27,8 +40,11 @@ from improvd import vocab
 CORPUS = "essenFolksong,oneills1850,ryansMammoth,bach"
 OUT = "data/corpus"
 WORKERS = 2
-DEFAULT_BPM = 120.0  # for scores that carry no metronome mark
-DEFAULT_VELOCITY = 80  # for scores that carry no dynamics
+TEMPO_RANGE = (60.0, 180.0)  # bpm, drawn per score (log-uniform): scores are played at many tempi
+ONSET_JITTER_S = 0.012  # standard deviation of a humanised onset (clipped at 3 sigma)
+PHRASE_BEATS = 8.0  # beats over which a score's dynamics swell and fade
+DYNAMICS_RANGE = (45, 100)  # mean phrase velocities are drawn from here
+NOTE_VELOCITY_SD = 7.0  # per-note variation around the phrase's dynamics
 MIN_NOTES = 8  # shorter pieces teach nothing
 SPLITS = (("train", 90), ("validation", 5), ("test", 5))  # percent, by a stable hash
 MIDI_SUFFIXES = {".mid", ".midi"}
@@ -46,28 +62,58 @@ def split_of(piece_id: str) -> str:
     raise AssertionError("split percentages must add up to 100")
 
 
-def score_to_notes(score) -> list[vocab.Note]:
-    """A music21 score as timed notes: ties joined, chords split, tempo from its first
-    metronome mark (or DEFAULT_BPM)."""
-    from music21 import tempo
+VARIANT_SUFFIX = re.compile(r"_(no_(\w+_)?repeat|no_trio|repeat)$")
 
-    marks = list(score.recurse().getElementsByClass(tempo.MetronomeMark))
-    seconds_per_quarter = marks[0].secondsPerQuarter() if marks else 60.0 / DEFAULT_BPM
-    notes = []
+
+def piece_of_performance(root: Path, path: Path) -> str:
+    """The piece a performance in an ASAP-like folder plays: its subfolder, variants folded."""
+    parts = list(path.relative_to(root).parent.parts) or [path.stem]
+    parts[-1] = VARIANT_SUFFIX.sub("", parts[-1])
+    return f"{root.name}/" + "/".join(parts)
+
+
+def score_events(score) -> list[tuple[float, float, int]]:
+    """(start, length, pitch) in quarter notes for every sounding note of a music21 score:
+    ties joined, chords split, grace notes (no length) dropped."""
+    events = []
     for element in score.stripTies().flatten().notes:
-        start = float(element.offset) * seconds_per_quarter
-        end = start + float(element.quarterLength) * seconds_per_quarter
-        if end <= start:  # grace notes have no length
+        start, length = float(element.offset), float(element.quarterLength)
+        if length <= 0:
             continue
-        velocity = element.volume.velocity or DEFAULT_VELOCITY
-        for pitch in element.pitches:
-            if 0 <= pitch.midi <= 127:
-                notes.append(vocab.Note(pitch.midi, int(velocity), start, end))
+        events += [(start, length, p.midi) for p in element.pitches if 0 <= p.midi <= 127]
+    return events
+
+
+def humanize(events: list[tuple[float, float, int]], rng: np.random.Generator) -> list[vocab.Note]:
+    """Quarter-note events as a pianist might play them: a tempo drawn for the piece, onsets
+    off the grid by a few milliseconds, and velocities that follow phrase-level dynamics
+    (a swell and fade every PHRASE_BEATS, around a level drawn per phrase) with per-note
+    variation and a little weight on the beat."""
+    bpm = float(np.exp(rng.uniform(*np.log(TEMPO_RANGE))))
+    seconds_per_quarter = 60.0 / bpm
+    phrases = int(max((s for s, _, _ in events), default=0) // PHRASE_BEATS) + 1
+    levels = rng.uniform(*DYNAMICS_RANGE, size=phrases)
+    notes = []
+    for start, length, pitch in events:
+        phrase, within = divmod(start, PHRASE_BEATS)
+        swell = 12.0 * np.sin(np.pi * within / PHRASE_BEATS)
+        accent = 6.0 if start % 1.0 == 0 else 0.0
+        velocity = levels[int(phrase)] + swell + accent + rng.normal(0, NOTE_VELOCITY_SD)
+        jitter = float(np.clip(rng.normal(0, ONSET_JITTER_S), -3 * ONSET_JITTER_S, 3 * ONSET_JITTER_S))
+        onset = max(0.0, start * seconds_per_quarter + jitter)
+        end = max(onset + vocab.TICK_S, (start + length) * seconds_per_quarter + jitter * 0.5)
+        notes.append(vocab.Note(pitch, int(np.clip(round(velocity), 1, 127)), onset, end))
+    notes.sort(key=lambda n: (n.start, n.pitch))
     return notes
 
 
+def piece_rng(piece_id: str) -> np.random.Generator:
+    """A generator seeded by the piece: the same rendering on every machine and run."""
+    return np.random.default_rng(int(hashlib.sha1(piece_id.encode()).hexdigest()[:16], 16))
+
+
 def read_source(item: tuple[str, str]) -> tuple[str, list[tuple[str, np.ndarray]], list[str]]:
-    """(label, path) -> (path, [(piece id, tokens)], [skip reasons]); never raises."""
+    """(piece id, path) -> (path, [(piece id, tokens)], [skip reasons]); never raises."""
     label, path = item
     pieces: list[tuple[str, np.ndarray]] = []
     skipped: list[str] = []
@@ -75,27 +121,33 @@ def read_source(item: tuple[str, str]) -> tuple[str, list[tuple[str, np.ndarray]
         suffix = Path(path).suffix.lower()
         if suffix in MIDI_SUFFIXES:
             tokens = vocab.midi_to_tokens(mido.MidiFile(path))
-            pieces.append((f"{label}/{Path(path).name}", np.asarray(tokens, np.int16)))
+            if tokens:
+                pieces.append((label, np.asarray(tokens, np.int16)))
+            else:
+                skipped.append(f"{path}: no notes")
         else:
             from music21 import converter, stream
 
             parsed = converter.parse(path)
             scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
             for number, score in enumerate(scores):
+                piece_id = f"{label}/{Path(path).name}#{number}"
                 try:
-                    notes = score_to_notes(score)
+                    events = score_events(score)
                 except Exception as err:  # one broken tune must not lose its neighbours
                     skipped.append(f"{path}#{number}: {type(err).__name__}: {err}")
                     continue
-                if len(notes) >= MIN_NOTES:
-                    tokens = vocab.notes_to_tokens(notes)
-                    pieces.append((f"{label}/{Path(path).name}#{number}", np.asarray(tokens, np.int16)))
+                if len(events) >= MIN_NOTES:
+                    tokens = vocab.notes_to_tokens(humanize(events, piece_rng(piece_id)))
+                    pieces.append((piece_id, np.asarray(tokens, np.int16)))
     except Exception as err:
         skipped.append(f"{path}: {type(err).__name__}: {err}")
     return path, pieces, skipped
 
 
-def list_sources(collections: list[str], folders: list[str], limit: int | None) -> list[tuple[str, str]]:
+def list_sources(collections: list[str], folders: list[str], limit: int | None,
+                 performances: list[str] = ()) -> list[tuple[str, str]]:
+    """(piece id, path) for every file; a score file's pieces are numbered when it is read."""
     items: list[tuple[str, str]] = []
     if collections:
         from music21 import corpus
@@ -109,15 +161,14 @@ def list_sources(collections: list[str], folders: list[str], limit: int | None) 
             if not paths:
                 raise SystemExit(f"prepare: music21 corpus has no collection {name!r}")
             items += [(name, p) for p in paths[:limit]]
-    for folder in folders:
+    for folder, grouped in [(f, False) for f in folders] + [(f, True) for f in performances]:
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise SystemExit(f"prepare: {root}: not a folder")
-        paths = sorted(
-            str(p) for p in root.rglob("*")
-            if p.suffix.lower() in MIDI_SUFFIXES | SCORE_SUFFIXES
-        )
-        items += [(root.name, p) for p in paths[:limit]]
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES | SCORE_SUFFIXES)
+        for path in paths[:limit]:
+            piece = piece_of_performance(root, path) if grouped else f"{root.name}/{path.name}"
+            items.append((piece, str(path)))
     return items
 
 
@@ -126,49 +177,57 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", default=CORPUS, help="music21 corpus collections, comma-separated ('' for none)")
     parser.add_argument("--folder", action="append", default=[],
                         help="a folder of MIDI/ABC/MusicXML/kern files (repeatable)")
+    parser.add_argument("--performances", action="append", default=[],
+                        help="a folder with one subfolder of performances per piece, as ASAP (repeatable)")
     parser.add_argument("--out", default=OUT, help="output folder")
     parser.add_argument("--workers", type=int, default=WORKERS)
     parser.add_argument("--limit", type=int, default=None, help="at most this many files per source (for quick runs)")
     args = parser.parse_args(argv)
 
     collections = [c for c in args.corpus.split(",") if c]
-    items = list_sources(collections, args.folder, args.limit)
+    items = list_sources(collections, args.folder, args.limit, args.performances)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    by_split: dict[str, list[tuple[str, np.ndarray]]] = {name: [] for name, _ in SPLITS}
+    by_split: dict[str, list[tuple[str, str, np.ndarray]]] = {name: [] for name, _ in SPLITS}
     skipped: list[str] = []
     with multiprocessing.Pool(args.workers) as pool:
         results = pool.imap_unordered(read_source, items)
-        for _path, pieces, skips in tqdm(results, total=len(items), unit="file", desc="prepare"):
+        for path, pieces, skips in tqdm(results, total=len(items), unit="file", desc="prepare"):
             skipped += skips
             for piece_id, tokens in pieces:
-                by_split[split_of(piece_id)].append((piece_id, tokens))
+                by_split[split_of(piece_id)].append((piece_id, path, tokens))
 
-    counts = {}
+    counts, files = {}, {}
     for name, pieces in by_split.items():
-        pieces.sort(key=lambda p: p[0])  # files finish in any order; the arrays must not
-        lengths = [len(t) for _, t in pieces]
-        tokens = np.concatenate([t for _, t in pieces]) if pieces else np.zeros(0, np.int16)
+        pieces.sort(key=lambda p: (p[0], p[1]))  # files finish in any order; the arrays must not
+        lengths = [len(t) for _, _, t in pieces]
+        tokens = np.concatenate([t for _, _, t in pieces]) if pieces else np.zeros(0, np.int16)
         np.savez(out / f"{name}.npz", tokens=tokens, offsets=np.cumsum([0] + lengths))
-        counts[name] = {"pieces": len(pieces), "tokens": int(len(tokens))}
+        counts[name] = {"pieces": len(pieces), "tokens": int(len(tokens)),
+                        "distinct": len({piece_id for piece_id, _, _ in pieces})}
+        files[name] = [{"piece": piece_id, "path": path} for piece_id, path, _ in pieces]
 
     manifest = {
         "vocab": vocab.spec(),
-        "sources": {"corpus": collections, "folders": args.folder, "limit": args.limit},
+        "sources": {"corpus": collections, "folders": args.folder, "performances": args.performances,
+                    "limit": args.limit},
         "files": len(items),
         "splits": counts,
         "skipped": skipped,
-        "default_bpm": DEFAULT_BPM,
+        "split_rule": f"sha1(piece id) % 100 -> {dict(SPLITS)} percent",
+        "humanize": {"tempo_bpm": TEMPO_RANGE, "onset_jitter_s": ONSET_JITTER_S, "phrase_beats": PHRASE_BEATS,
+                     "dynamics": DYNAMICS_RANGE, "note_velocity_sd": NOTE_VELOCITY_SD},
         "seconds": round(time.monotonic() - started, 1),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (out / "files.json").write_text(json.dumps(files, indent=1))
     total = sum(c["tokens"] for c in counts.values())
     print(f"prepare: {len(items)} files, {sum(c['pieces'] for c in counts.values())} pieces, "
           f"{total} tokens, {len(skipped)} skipped -> {out}")
     for name, c in counts.items():
-        print(f"  {name:<10} {c['pieces']:>7} pieces {c['tokens']:>10} tokens")
+        print(f"  {name:<10} {c['pieces']:>7} pieces ({c['distinct']} distinct) {c['tokens']:>10} tokens")
     for reason in skipped[:20]:
         print(f"  skipped: {reason}")
 

@@ -27,20 +27,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from improvd import vocab  # noqa: E402
 
 # ---- defaults -------------------------------------------------------------------------
-DATA = "data/corpus"
+DATA = "data/performance"
 OUT = "runs/default"
 LAYERS = 3
 UNITS = 256
 EMBEDDING = 128
-DROPOUT = 0.1
-SEQ_LEN = 128
+DROPOUT = 0.05
+SEQ_LEN = 512  # about 15 s of a pianist's playing: whole phrases, and the state they leave
 BATCH = 32
 EPOCHS = 50
 LEARNING_RATE = 2e-3
 CLIP_NORM = 1.0
 PATIENCE = 3  # epochs without a better validation loss before stopping
 TRANSPOSE = 6  # semitones, each way
-STRETCH = 0.05  # tempo stretch, each way (0.05 = 95%..105%)
+STRETCH = 0.1  # tempo stretch, each way (0.1 = 90%..110%)
+VELOCITY_SCALE = 0.2  # velocities scaled by a factor drawn from 80%..120% per piece
 STEPS_PER_EPOCH = 0  # 0: one pass over the training tokens
 MAX_MINUTES = 0.0  # 0: no wall-clock budget
 LR_FINAL = 0.0  # with a budget: decay the learning rate linearly to this fraction by its end (0: on plateau)
@@ -56,17 +57,21 @@ def load_split(data: Path, split: str) -> list[np.ndarray]:
     return [tokens[a:b].astype(np.int32) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
-def augment(tokens: np.ndarray, rng: np.random.Generator, transpose: int, stretch: float) -> np.ndarray:
-    """A piece transposed by a random interval that keeps it on the keyboard, and played a
-    random amount faster or slower; re-tokenized through the shared vocabulary."""
+def augment(tokens: np.ndarray, rng: np.random.Generator, transpose: int, stretch: float,
+            velocity_scale: float = 0.0) -> np.ndarray:
+    """A piece transposed by a random interval that keeps it on the keyboard, played a
+    random amount faster or slower and louder or softer; re-tokenized through the shared
+    vocabulary."""
     notes = vocab.tokens_to_notes(tokens.tolist())
     if not notes:
         return tokens
     low, high = min(n.pitch for n in notes), max(n.pitch for n in notes)
     shift = int(rng.integers(max(-transpose, -low), min(transpose, 127 - high) + 1))
     factor = float(rng.uniform(1 - stretch, 1 + stretch)) if stretch > 0 else 1.0
+    loudness = float(rng.uniform(1 - velocity_scale, 1 + velocity_scale)) if velocity_scale > 0 else 1.0
     moved = [
-        vocab.Note(n.pitch + shift, n.velocity, n.start * factor, n.end * factor) for n in notes
+        vocab.Note(n.pitch + shift, min(127, max(1, round(n.velocity * loudness))), n.start * factor, n.end * factor)
+        for n in notes
     ]
     return np.asarray(vocab.notes_to_tokens(moved), np.int32)
 
@@ -77,19 +82,21 @@ def piece_gap() -> np.ndarray:
 
 
 def windows(pieces: list[np.ndarray], seq_len: int, rng: np.random.Generator | None,
-            transpose: int = 0, stretch: float = 0.0):
-    """(input, target) windows over the pieces, shuffled and augmented when rng is given."""
+            transpose: int = 0, stretch: float = 0.0, velocity_scale: float = 0.0):
+    """(input, target) windows over the pieces played one after another, shuffled and
+    augmented when rng is given. Pieces are augmented as the windows reach them, so the
+    first batch does not wait for a pass over the whole corpus."""
     order = rng.permutation(len(pieces)) if rng is not None else range(len(pieces))
     gap = piece_gap()
-    parts = []
+    stream = np.zeros(0, np.int32)
+    skip = int(rng.integers(seq_len)) if rng is not None else 0  # windows start anywhere in a piece
     for i in order:
-        piece = augment(pieces[i], rng, transpose, stretch) if rng is not None else pieces[i]
-        parts += [piece, gap]
-    stream = np.concatenate(parts)
-    start = int(rng.integers(seq_len)) if rng is not None else 0
-    for offset in range(start, len(stream) - seq_len - 1, seq_len):
-        chunk = stream[offset : offset + seq_len + 1]
-        yield chunk[:-1], chunk[1:]
+        piece = augment(pieces[i], rng, transpose, stretch, velocity_scale) if rng is not None else pieces[i]
+        stream = np.concatenate([stream, piece, gap])[skip:]
+        skip = 0
+        while len(stream) > seq_len:
+            chunk, stream = stream[: seq_len + 1], stream[seq_len:]
+            yield chunk[:-1], chunk[1:]
 
 
 def build_model(layers: int, units: int, embedding: int, dropout: float):
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=PATIENCE)
     parser.add_argument("--transpose", type=int, default=TRANSPOSE)
     parser.add_argument("--stretch", type=float, default=STRETCH)
+    parser.add_argument("--velocity-scale", type=float, default=VELOCITY_SCALE)
     parser.add_argument("--steps-per-epoch", type=int, default=STEPS_PER_EPOCH)
     parser.add_argument("--max-minutes", type=float, default=MAX_MINUTES, help="stop after this much training time")
     parser.add_argument("--lr-final", type=float, default=LR_FINAL,
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     model.summary(print_fn=lambda line, **_: print(line))
 
     train_ds = make_dataset(
-        lambda: windows(train_pieces, args.seq_len, rng, args.transpose, args.stretch),
+        lambda: windows(train_pieces, args.seq_len, rng, args.transpose, args.stretch, args.velocity_scale),
         args.seq_len, args.batch, repeat=True,
     )
     validation_ds = make_dataset(
