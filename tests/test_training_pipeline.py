@@ -1,6 +1,7 @@
 """The offline pipeline end to end, on a handful of pieces and a tiny model: prepare -> train
-one epoch -> export (parity, int8) -> evaluate, each as its own `python -m training.<name>`,
-the way `make model` runs them; plus the n-gram baseline against its definition."""
+one epoch -> export (parity, int8) -> evaluate -> listen, each as its own
+`python -m training.<name>`, the way `make model` runs them; plus the n-gram baseline against
+its definition."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ import pytest
 
 from improvd import vocab
 from improvd.model import FORMAT_VERSION
+from tests.performance_fixtures import asap_like, pop_like
 from training import evaluate
-from training.train import piece_gap
+from training.train import load_split, piece_gap
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, UNITS, EMBEDDING = 2, 32, 16
@@ -43,17 +45,22 @@ def run(module: str, *args) -> str:
 def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     data, run_dir, out = tmp / "data", tmp / "run", tmp / "exported" / "tiny"
-    prepared = run("prepare", "--corpus", "essenFolksong,bach", "--limit", 2, "--out", data)
+    asap, pop = asap_like(tmp / "midi"), pop_like(tmp / "midi")
+    prepared = run("prepare", "--corpus", "essenFolksong,bach", "--limit", 2, "--performances", asap,
+                   "--folder", pop, "--out", data)
     run("train", "--data", data, "--out", run_dir, "--layers", LAYERS, "--units", UNITS,
         "--embedding", EMBEDDING, "--epochs", 1, "--steps-per-epoch", 3, "--seq-len", 64,
         "--batch", 8)
     exported = run("export", "--run", run_dir, "--weights", "last", "--out", out, "--quantize")
     evaluated = run("evaluate", "--model", out.with_suffix(".onnx"), "--data", data,
                     "--report", tmp / "eval.json", "--latency-steps", 300)
+    listened = run("listen", "--model", out.with_suffix(".onnx"), "--data", data, "--pieces", 2,
+                   "--report", tmp / "listen.json")
     return SimpleNamespace(data=data, run=run_dir, onnx=out.with_suffix(".onnx"),
                            metadata=json.loads(out.with_suffix(".json").read_text()),
                            report=json.loads((tmp / "eval.json").read_text()),
-                           prepared=prepared, exported=exported, evaluated=evaluated)
+                           listen=json.loads((tmp / "listen.json").read_text()),
+                           prepared=prepared, exported=exported, evaluated=evaluated, listened=listened)
 
 
 # ---- prepare --------------------------------------------------------------------------
@@ -62,8 +69,9 @@ def pipeline(tmp_path_factory):
 def test_prepared_arrays_agree_with_the_manifest(pipeline):
     manifest = json.loads((pipeline.data / "manifest.json").read_text())
     assert manifest["vocab"] == vocab.spec()
-    assert manifest["sources"] == {"corpus": ["essenFolksong", "bach"], "folders": [], "limit": 2}
-    assert manifest["files"] == 4
+    assert manifest["sources"]["corpus"] == ["essenFolksong", "bach"]
+    assert len(manifest["sources"]["folders"]) == len(manifest["sources"]["performances"]) == 1
+    assert manifest["files"] == 2 + 2 + 13 + 6  # two files per collection, the two MIDI folders
     assert manifest["skipped"] == []
     for split in SPLITS:
         archive = np.load(pipeline.data / f"{split}.npz")
@@ -72,11 +80,12 @@ def test_prepared_arrays_agree_with_the_manifest(pipeline):
         assert 0 <= tokens.min() and tokens.max() < vocab.VOCAB_SIZE
         assert offsets[0] == 0 and offsets[-1] == len(tokens)
         assert np.all(np.diff(offsets) > 0)  # no empty piece
-        assert manifest["splits"][split] == {"pieces": len(offsets) - 1, "tokens": len(tokens)}
+        assert manifest["splits"][split]["pieces"] == len(offsets) - 1
+        assert manifest["splits"][split]["tokens"] == len(tokens)
         assert manifest["splits"][split]["pieces"] > 0
     pieces = sum(manifest["splits"][s]["pieces"] for s in SPLITS)
     tokens = sum(manifest["splits"][s]["tokens"] for s in SPLITS)
-    assert f"4 files, {pieces} pieces, {tokens} tokens, 0 skipped" in pipeline.prepared
+    assert f"23 files, {pieces} pieces, {tokens} tokens, 0 skipped" in pipeline.prepared
     assert manifest["splits"]["train"]["pieces"] > 5 * manifest["splits"]["test"]["pieces"]
 
 
@@ -147,7 +156,7 @@ def test_metadata_describes_the_exported_file(pipeline):
     assert meta["onnx_file"] == pipeline.onnx.name
     assert meta["onnx_sha256"] == hashlib.sha256(pipeline.onnx.read_bytes()).hexdigest()
     assert meta["architecture"] == {"layers": LAYERS, "units": UNITS, "embedding": EMBEDDING,
-                                    "cell": "lstm", "dropout": 0.1}
+                                    "cell": "lstm", "dropout": 0.05}
     assert meta["training"]["arguments"] == json.loads((pipeline.run / "args.json").read_text())
     assert meta["training"]["state"] == json.loads((pipeline.run / "state.json").read_text())
     assert meta["training"]["weights"] == "last"
@@ -194,7 +203,17 @@ def test_evaluation_report(pipeline):
     assert ngram["best_test_bits_per_event"] == best["test_bits_per_event"]
     assert report["ratio_to_best_ngram"] == pytest.approx(model_bits / best["test_bits_per_event"])
     assert report["ratio_to_best_ngram"] > 1  # three training steps cannot beat counting
-    assert report["ratio_target_met"] is False
+    targets = report["targets"]
+    assert targets["ratio_to_best_ngram"] == {"value": report["ratio_to_best_ngram"], "target": 0.85, "met": False}
+    assert targets["bits_per_event"]["met"] is False
+
+    by_type = report["model_test_bits_by_event_type"]
+    assert set(by_type) == {"note_on", "note_off", "time_shift", "velocity"}
+    assert all(0 < bits < 3 * UNIFORM_BITS for bits in by_type.values())
+    assert targets["velocity_bits"]["value"] == by_type["velocity"]
+    assert set(report["model_test_bits_by_source"]) <= {"asap", "pop", "essenFolksong", "bach"}
+    drift = report["model_test_bits_never_reset"] - model_bits
+    assert drift != 0 and targets["never_reset_minus_reset"]["value"] == pytest.approx(drift)
 
     tokens = report["data"]["tokens"]
     for split in SPLITS:
@@ -211,6 +230,30 @@ def test_evaluation_report(pipeline):
     datetime.datetime.fromisoformat(machine["date"])
     assert re.search(rf"n-gram order {ngram['best_order']} .*<- best on validation",
                      pipeline.evaluated)
+
+
+def test_losses_are_per_piece_with_reset_and_carry_on_without(pipeline):
+    pieces = [p for p in load_split(pipeline.data, "test") if len(p) > 50][:3]
+    assert len(pieces) == 3
+    alone = [evaluate.token_losses(pipeline.onnx, [piece], reset=True, lanes=1)[0] for piece in pieces]
+    assert [len(a) for a in alone] == [len(p) - 1 for p in pieces]
+    together = evaluate.token_losses(pipeline.onnx, pieces, reset=True, lanes=2)
+    for mine, reference in zip(together, alone, strict=True):  # int8 scales follow the batch a little
+        assert abs(mine.mean() - reference.mean()) < 0.02
+    running = evaluate.token_losses(pipeline.onnx, pieces, reset=False, lanes=1)
+    np.testing.assert_allclose(running[0], alone[0], rtol=1e-5)  # the first piece starts fresh either way
+    assert not np.allclose(running[1], alone[1]) and not np.allclose(running[2], alone[2])
+
+
+def test_listener_compares_answers_and_the_reference_with_the_primer(pipeline):
+    summary = pipeline.listen["summary"]
+    reference, answers = summary["reference"], summary["improvd (default)"]
+    assert reference["primers"] == answers["primers"] == 2
+    assert reference["empty"] == 0 and reference["notes"] > 10
+    assert -1 <= reference["correlation"] <= 1 and reference["register"] >= 0
+    assert set(pipeline.listen["goals_met"]["improvd (default)"]) == {"model", "chosen"}
+    assert len(pipeline.listen["primers"]["reference"]) == 2
+    assert "reference" in pipeline.listened and "pc corr" in pipeline.listened
 
 
 # ---- the n-gram baseline --------------------------------------------------------------

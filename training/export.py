@@ -117,6 +117,17 @@ def quantize(fp32_path: Path, int8_path: Path) -> None:
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
 
 
+def terms_of(licences: dict[str, str]) -> str:
+    """What a model inherits from its data: share-alike and non-commercial terms reach it."""
+    binding = [f"{name} ({licence})" for name, licence in licences.items()
+               if "NonCommercial" in licence or "ShareAlike" in licence or "unknown" in licence]
+    if not binding:
+        return "trained only on permissively licensed data: " + ", ".join(f"{k} ({v})" for k, v in licences.items())
+    return ("weights derived from " + ", ".join(binding) + ": the model inherits these terms "
+            "(non-commercial use, share-alike); the other data: "
+            + (", ".join(f"{k} ({v})" for k, v in licences.items() if f"{k} ({v})" not in binding) or "none"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=RUN, help="training output folder (args.json + weights)")
@@ -182,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             "state": json.loads((run / "state.json").read_text()),
             "weights": args.weights,
         },
+        "licences": data_manifest.get("licences", {}),
+        "terms": terms_of(data_manifest.get("licences", {})),
         "held_out_bits_per_event": report.get("int8_bits_per_event", report["fp32_bits_per_event"]),
         "export": report,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),

@@ -72,6 +72,15 @@ def piece_of_performance(root: Path, path: Path) -> str:
     return f"{root.name}/" + "/".join(parts)
 
 
+def licence_of(folder: Path) -> str:
+    """The first line of a folder's LICENSE file (the model card names what the data allows)."""
+    for candidate in sorted(folder.glob("LICEN[CS]E*")):
+        for line in candidate.read_text(errors="replace").splitlines():
+            if line.strip():
+                return line.strip().lstrip("# ").strip()
+    return "unknown: no LICENSE file in the folder"
+
+
 def score_events(score) -> list[tuple[float, float, int]]:
     """(start, length, pitch) in quarter notes for every sounding note of a music21 score:
     ties joined, chords split, grace notes (no length) dropped."""
@@ -166,7 +175,7 @@ def list_sources(collections: list[str], folders: list[str], limit: int | None,
         if not root.is_dir():
             raise SystemExit(f"prepare: {root}: not a folder")
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES | SCORE_SUFFIXES)
-        for path in paths[:limit]:
+        for path in paths:
             piece = piece_of_performance(root, path) if grouped else f"{root.name}/{path.name}"
             items.append((piece, str(path)))
     return items
@@ -181,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="a folder with one subfolder of performances per piece, as ASAP (repeatable)")
     parser.add_argument("--out", default=OUT, help="output folder")
     parser.add_argument("--workers", type=int, default=WORKERS)
-    parser.add_argument("--limit", type=int, default=None, help="at most this many files per source (for quick runs)")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many files per corpus collection (quick runs); folders are read whole")
     args = parser.parse_args(argv)
 
     collections = [c for c in args.corpus.split(",") if c]
@@ -216,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         "files": len(items),
         "splits": counts,
         "skipped": skipped,
+        "licences": {Path(f).expanduser().name: licence_of(Path(f).expanduser())
+                     for f in args.folder + args.performances}
+                    | ({"music21 corpus": "public-domain scores shipped with music21 (BSD-3-Clause)"}
+                       if collections else {}),
         "split_rule": f"sha1(piece id) % 100 -> {dict(SPLITS)} percent",
         "humanize": {"tempo_bpm": TEMPO_RANGE, "onset_jitter_s": ONSET_JITTER_S, "phrase_beats": PHRASE_BEATS,
                      "dynamics": DYNAMICS_RANGE, "note_velocity_sd": NOTE_VELOCITY_SD},
