@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="a folder with one subfolder of performances per piece, as ASAP (repeatable)")
     parser.add_argument("--out", default=OUT, help="output folder")
     parser.add_argument("--workers", type=int, default=WORKERS)
-    parser.add_argument("--limit", type=int, default=None, help="at most this many files per corpus collection (quick runs); folders are read whole")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="at most this many files per corpus collection (quick runs); folders are read whole")
     args = parser.parse_args(argv)
 
     collections = [c for c in args.corpus.split(",") if c]
