@@ -17,7 +17,7 @@ SHIFT, VELOCITY = vocab.TIME_SHIFT_OFFSET, vocab.VELOCITY_OFFSET
 class Settings:
     temperature: float = 1.0
     top_p: float = 0.95
-    max_polyphony: int = 4
+    max_polyphony: int = 12
     max_note_s: float = 4.0
     pitch_low: int = 21
     pitch_high: int = 108

@@ -150,10 +150,13 @@ def answer_notes(path: Path) -> list[vocab.Note]:
     return [vocab.Note(n.pitch, n.velocity, n.start - start, n.end - start) for n in notes]
 
 
-def run_improvd(primer: Path, answer: Path, model: Path, seed: int, extra: list[str]) -> str:
+def run_improvd(primer: Path, answer: Path, model: Path, seed: int, extra: list[str],
+                plot: Path | None = None) -> str:
     """One continuation through the command line; '' on success, else its one-line error."""
     command = [sys.executable, "-m", "improvd.cli", "--model", str(model), "--seed-file", str(primer),
                "--output-file", str(answer), "--length", str(ANSWER_S), "--random-seed", str(seed), *extra]
+    if plot is not None:
+        command += ["--plot", str(plot)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         return (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extra", default="", help="more improvd arguments for every row, space-separated")
     parser.add_argument("--seed", type=int, default=1, help="sampler seed of the first primer (then +1 each)")
     parser.add_argument("--report", default=REPORT)
+    parser.add_argument("--plots", type=int, default=0,
+                        help="piano rolls (primer + answer) of the first N primers, beside the report")
     args = parser.parse_args(argv)
 
     data, model = Path(args.data), Path(args.model)
@@ -192,7 +197,12 @@ def main(argv: list[str] | None = None) -> None:
             for setting in settings:
                 name = "improvd " + (" ".join(setting) or "(default)")
                 answer_path = Path(tmp) / "answer.mid"
-                error = run_improvd(primer_path, answer_path, model, args.seed + number, setting + extra)
+                plot = None
+                if number < args.plots:
+                    tag = "-".join(setting).replace("--", "") or "default"
+                    plot = Path(args.report).with_name(f"listen-{number}-{tag}.png")
+                    plot.parent.mkdir(parents=True, exist_ok=True)
+                error = run_improvd(primer_path, answer_path, model, args.seed + number, setting + extra, plot)
                 answer = [] if error else answer_notes(answer_path)
                 if error:
                     errors.setdefault(name, []).append(f"{piece}: {error}")
