@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=DATA, help="prepared data (train/validation/test.npz)")
     parser.add_argument("--report", default=None, help="JSON report (default: <model>.eval.json)")
     parser.add_argument("--max-order", type=int, default=MAX_ORDER, help="highest n-gram order")
+    parser.add_argument("--extra-train", action="append", default=[],
+                        help="prepared data whose train split the n-gram also counts (repeatable): "
+                             "does extra material help on this test split?")
     parser.add_argument("--latency-steps", type=int, default=LATENCY_STEPS,
                         help=f"timed steps (after {WARMUP_STEPS} warm-up steps)")
     args = parser.parse_args(argv)
@@ -332,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
     splits = ("train", "validation", "test")
     streams = {split: stream_of(load_split(data, split)) for split in splits}
+    extra = [stream_of(load_split(Path(folder), "train")) for folder in args.extra_train]
+    streams["train"] = np.concatenate([streams["train"], *extra])
 
     test_pieces = load_split(data, "test")
     reset_losses = token_losses(model_path, test_pieces, reset=True)
@@ -365,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
                   "precision": metadata.get("precision"),
                   "architecture": metadata.get("architecture")},
         "data": {"path": str(data), "tokens": {split: len(s) for split, s in streams.items()},
+                 "extra_train": args.extra_train,
                  "test_pieces": len(test_pieces)},
         "model_test_bits_per_event": model_bits,
         "model_test_bits_by_event_type": by_type,
