@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from improvd import cli
-from improvd.config import PROJECT_ROOT, ServiceConfig, load_config
+from improvd.config import ServiceConfig, load_config
 from tests.conftest import in_ci
+from tests.engine_helpers import PROJECT_ROOT
 from tests.service_helpers import (
     STOP_DEADLINE_S,
     TIMESTAMP,
