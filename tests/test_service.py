@@ -290,3 +290,30 @@ def test_system_unit_security_exposure_is_at_most_2(systemd_analyze):
     exposure = float(match.group(1))
     print(f"\nsystemd-analyze security --offline=true {SYSTEM_UNIT.name}: exposure {exposure}")
     assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+def fifo_priorities(pid: int) -> dict[int, int]:
+    """thread id -> SCHED_FIFO priority, for the process's threads that run SCHED_FIFO."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        rt_priority, policy = int(fields[37]), int(fields[38])  # stat fields 40 and 41
+        if policy == os.SCHED_FIFO:
+            found[int(task.name)] = rt_priority
+    return found
+
+
+def test_realtime_runs_the_engine_loop_sched_fifo_below_the_sender(session, tmp_path):
+    config = write_config(tmp_path / "rt.toml", service={"realtime": "true", "realtime_priority": 20})
+    daemon, player, listener = session(config)
+    player.play()
+    assert listener.wait_sounding(), "no answer with realtime on:\n" + daemon.log()
+    log = daemon.log()
+    if "realtime priority 20 for the scheduler thread refused" in log:  # an unprivileged machine
+        assert "realtime priority 19 for the engine thread refused" in log
+        return
+    daemon.wait_line("scheduler thread runs SCHED_FIFO priority 20")
+    daemon.wait_line("engine thread runs SCHED_FIFO priority 19")
+    fifo = fifo_priorities(daemon.process.pid)
+    assert fifo.get(daemon.process.pid) == 19, fifo  # the engine loop is the main thread
+    assert 20 in fifo.values(), fifo  # the sender
