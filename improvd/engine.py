@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MODES = ("call-response", "duet")
 ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic
 # Generated output resumes no sooner than this after ``now``: longer than regenerating the
-# lookahead takes (measured by bench/duet_regen.py: p99 7 ms with both cores busy).
+# lookahead takes (bench/duet_regen.py: p99 under 5 ms with both cores busy and SCHED_FIFO).
 REACTION_S = 0.02
 
 
