@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import mido
 import pytest
 
 from improvd import cli
@@ -317,3 +318,24 @@ def test_realtime_runs_the_engine_loop_sched_fifo_below_the_sender(session, tmp_
     fifo = fifo_priorities(daemon.process.pid)
     assert fifo.get(daemon.process.pid) == 19, fifo  # the engine loop is the main thread
     assert 20 in fifo.values(), fifo  # the sender
+
+
+def test_live_seed_file_left_with_the_pedal_down_is_answered(jack, tmp_path):
+    """A live --seed-file whose motif never lifts the pedal nor its last key: released at the
+    file's end, it is answered, where before improvd waited for a silence that never came."""
+    seed = mido.MidiFile(ticks_per_beat=480)
+    seed.tracks.append(mido.MidiTrack([
+        mido.Message("control_change", control=64, value=127, time=0),
+        mido.Message("note_on", note=60, velocity=80, time=0), mido.Message("note_off", note=60, time=240),
+        mido.Message("note_on", note=64, velocity=80, time=0),
+        mido.MetaMessage("end_of_track", time=240)]))
+    seed.save(tmp_path / "held.mid")
+    listener = Listener(jack)
+    daemon = Improvd(write_config(tmp_path / "config.toml"), args=("--seed-file", str(tmp_path / "held.mid")))
+    try:
+        daemon.wait_line("ready:")
+        listener.connect()
+        assert listener.wait_sounding(), "the seed was never answered:\n" + daemon.log()
+    finally:
+        daemon.close()
+        listener.close()
