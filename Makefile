@@ -48,6 +48,8 @@ bench: $(STAMP)
 #                                        /etc/improvd/config.toml (kept if present), system unit as
 #                                        /etc/systemd/system/improvd.service; then: systemctl enable --now improvd
 PREFIX ?= /opt/improvd
+# The installed config leaves model.path unset: improvd then runs the model inside its package.
+UNSET_MODEL_PATH := s|^path = "exported/improvd.onnx"|\# path = "exported/improvd.onnx"|
 SYSTEMCTL ?= systemctl
 XDG_CONFIG_HOME ?= $(HOME)/.config
 
@@ -55,13 +57,11 @@ install-service: $(if $(filter 1,$(SYSTEM)),,$(STAMP))  # SYSTEM=1 builds its ow
 ifeq ($(SYSTEM),1)
 	@test "$$(id -u)" = 0 || { echo "install-service SYSTEM=1 needs root: sudo make install-service SYSTEM=1"; exit 1; }
 	umask 022 && $(PYTHON) -m venv $(PREFIX) && $(PREFIX)/bin/pip install --quiet --upgrade pip && $(PREFIX)/bin/pip install --quiet .
-	install -d -m 755 $(PREFIX)/share/improvd
-	install -m 644 exported/improvd.onnx exported/improvd.json $(PREFIX)/share/improvd/
 	getent group audio >/dev/null || groupadd --system audio
 	id -u improvd >/dev/null 2>&1 || useradd --system --user-group --groups audio --home-dir /nonexistent \
 		--no-create-home --shell /usr/sbin/nologin --comment "improvd MIDI daemon" improvd
 	install -d -m 755 /etc/improvd
-	test -e /etc/improvd/config.toml || { umask 022 && sed -e 's|^path = "exported/improvd.onnx"|path = "$(PREFIX)/share/improvd/improvd.onnx"|' \
+	test -e /etc/improvd/config.toml || { umask 022 && sed -e '$(UNSET_MODEL_PATH)' \
 		-e 's|^realtime = false|realtime = true|' config.toml > /etc/improvd/config.toml; }
 	umask 022 && sed 's|/opt/improvd/|$(PREFIX)/|' systemd/improvd-system.service > /etc/systemd/system/improvd.service
 	$(SYSTEMCTL) daemon-reload
@@ -70,7 +70,7 @@ else
 	install -d $(XDG_CONFIG_HOME)/systemd/user $(XDG_CONFIG_HOME)/improvd $(HOME)/.local/bin
 	install -m 644 systemd/improvd.service $(XDG_CONFIG_HOME)/systemd/user/improvd.service
 	test -e $(XDG_CONFIG_HOME)/improvd/config.toml || \
-		sed 's|^path = "exported/improvd.onnx"|path = "$(CURDIR)/exported/improvd.onnx"|' config.toml > $(XDG_CONFIG_HOME)/improvd/config.toml
+		sed '$(UNSET_MODEL_PATH)' config.toml > $(XDG_CONFIG_HOME)/improvd/config.toml
 	test -e $(HOME)/.local/bin/improvd || ln -sfn $(abspath $(BIN))/improvd $(HOME)/.local/bin/improvd
 	$(SYSTEMCTL) --user daemon-reload || echo "no user systemd here: run 'systemctl --user daemon-reload' in your session"
 	@echo "installed; start it with: systemctl --user enable --now improvd"

@@ -18,6 +18,11 @@ restarted for each period size):
 - output timing: how late the answer's notes arrive against the 10 ms grid they are
   scheduled on (a constant transport delay removed), once with the machine as it is and
   once with a busy-loop process added; next to improvd's own ``output_lateness``;
+- duet: a player looping a phrase while improvd plays along; improvd's own send lateness
+  and input -> state, beside call-response's;
+- loaded: every core busy with a busy-loop process of this benchmark's, then call-response
+  (key-down -> state, improvd's part of phrase end -> first note, send lateness) and duet,
+  with improvd's ``service.realtime`` off and on, side by side;
 - a flood: a player sending 1,000 then 5,000 messages/s (passthrough on), with improvd's
   RSS and CPU sampled from /proc every second, and every echoed NOTE_ON checked for its
   NOTE_OFF at the receiver.
@@ -55,6 +60,8 @@ SERVER = "improvd-bench"  # fixed: JACK's registry has 8 slots, reclaimed by nam
 RATE = 48000
 TICK_S = 0.010  # improvd's time grid: every generated event is due on it
 SILENCE_MS = 150
+HOG = [sys.executable, "-c", "while True: pass"]  # one busy core
+PHRASE = (60, 62, 64, 65, 67, 65, 64, 62)  # the duet player's loop: 120 ms apart, held 100 ms
 SCHEDULER_REALTIME = [False]  # --scheduler-realtime: improvd's service.realtime (SCHED_FIFO sender)
 J = rtmidi.API_UNIX_JACK
 
@@ -303,6 +310,7 @@ class Daemon:
     """improvd --api jack with a bench config; its log parsed for telemetry."""
 
     def __init__(self, workdir: Path, name: str, **sections: dict[str, object]) -> None:
+        sections = {k: dict(v) for k, v in sections.items()}
         settings: dict[str, dict[str, object]] = {
             "model": {"device": "cpu"},
             "ports": {"api": "jack", "virtual_input": f"{name} in", "virtual_output": f"{name} out"},
@@ -358,10 +366,11 @@ def note_ons(events: list[tuple[float, list[int]]], after: float) -> list[float]
     return [t for t, e in events if t > after and len(e) == 3 and e[0] & 0xF0 == 0x90 and e[2] > 0]
 
 
-def phrase_latency(args: argparse.Namespace, jack: Jack, workdir: Path, floor_p50: float) -> dict[str, object]:
+def phrase_latency(args: argparse.Namespace, jack: Jack, workdir: Path, floor_p50: float, tag: str = "",
+                   **sections: dict[str, object]) -> dict[str, object]:
     """Phrase end -> first answer note. Each trial is a one-note phrase; as soon as the answer's
     first note arrives, the next trial's note cuts it off (a barge-in) and begins the next."""
-    daemon = Daemon(workdir, f"bench-phrase-{jack.period}")
+    daemon = Daemon(workdir, f"bench-phrase-{jack.period}{tag}", **sections)
     sender, receiver = Sender("player"), Receiver("listener")
     try:
         connect(sender.name, daemon.input)
@@ -402,11 +411,12 @@ def grid_lateness(times: list[float]) -> list[float]:
     return [((t % TICK_S) - start) % TICK_S for t in times]
 
 
-def output_timing(args: argparse.Namespace, jack: Jack, workdir: Path, busy: bool) -> dict[str, object]:
+def output_timing(args: argparse.Namespace, jack: Jack, workdir: Path, busy: bool, tag: str = "",
+                  **sections: dict[str, object]) -> dict[str, object]:
     """Long answers, heard to their end; every note's lateness against its grid."""
-    name = f"bench-timing-{jack.period}-{'busy' if busy else 'idle'}"
-    hog = spawn([sys.executable, "-c", "while True: pass"]) if busy else None
-    daemon = Daemon(workdir, name, engine={"min_answer_s": 4.0, "max_answer_s": 4.0})
+    name = f"bench-timing-{jack.period}-{'busy' if busy else 'idle'}{tag}"
+    hog = spawn(HOG) if busy else None
+    daemon = Daemon(workdir, name, engine={"min_answer_s": 4.0, "max_answer_s": 4.0}, **sections)
     sender, receiver = Sender("player"), Receiver("listener")
     try:
         connect(sender.name, daemon.input)
@@ -438,6 +448,57 @@ def output_timing(args: argparse.Namespace, jack: Jack, workdir: Path, busy: boo
         receiver.close()
         stop(daemon.process)
         stop(hog, signal.SIGKILL)
+
+
+def duet(args: argparse.Namespace, jack: Jack, workdir: Path, tag: str = "",
+         **sections: dict[str, object]) -> dict[str, object]:
+    """improvd in duet with a player looping a phrase (a note every 120 ms, held 100 ms, then
+    half a second of rest): its send lateness and input -> state, from its telemetry, and what
+    arrived at the receiver."""
+    engine = {"mode": "duet", **sections.pop("engine", {})}
+    daemon = Daemon(workdir, f"bench-duet-{jack.period}{tag}", engine=engine, **sections)
+    sender, receiver = Sender("player"), Receiver("listener")
+    try:
+        connect(sender.name, daemon.input)
+        connect(daemon.output, receiver.name)
+        xruns, loops = jack.xruns(), 0
+        deadline = time.monotonic() + args.timing_seconds
+        while time.monotonic() < deadline:
+            for pitch in PHRASE:
+                sender.send([0x91, pitch, 80])  # channel 2: the player's notes apart from improvd's
+                time.sleep(0.1)
+                sender.send([0x81, pitch, 0])
+                time.sleep(0.02)
+            time.sleep(0.5)
+            loops += 1
+        telemetry = daemon.stop()
+        with receiver.cond:
+            received = note_balance(list(receiver.events), channel=0)
+        return {"phrases": loops, "telemetry": telemetry, "received": received, "xruns": jack.xruns() - xruns}
+    finally:
+        sender.close()
+        receiver.close()
+        stop(daemon.process)
+
+
+def loaded(args: argparse.Namespace, jack: Jack, workdir: Path, floor_p50: float) -> dict[str, object]:
+    """Every core busy with a busy-loop process of its own; call-response and duet with
+    improvd's service.realtime off, then on."""
+    hogs = [spawn(HOG) for _ in range(os.cpu_count() or 1)]
+    try:
+        result = {}
+        for realtime in (False, True):
+            tag, service = f"-loaded-rt{int(realtime)}", {"service": {"realtime": realtime}}
+            print(f"  loaded, realtime {'on' if realtime else 'off'} ...", file=sys.stderr)
+            result["on" if realtime else "off"] = {
+                "phrase": phrase_latency(args, jack, workdir, floor_p50, tag, **service),
+                "timing": output_timing(args, jack, workdir, False, tag, **service),
+                "duet": duet(args, jack, workdir, tag, **service),
+            }
+        return {"busy_loops": len(hogs), **result}
+    finally:
+        for hog in hogs:
+            stop(hog, signal.SIGKILL)
 
 
 def note_balance(events: list[tuple[float, list[int]]], channel: int) -> dict[str, object]:
@@ -564,6 +625,22 @@ def table(result: dict) -> str:
             lambda p, k=kind: fmt(p["timing"][k]["telemetry_output_lateness"]))
         row("  notes / answers / JACK xruns", lambda p, k=kind: "{} / {} / {}".format(
             p["timing"][k]["lateness_s"].get("n", 0), p["timing"][k]["answers"], p["timing"][k]["xruns"]))
+    row("duet: send lateness (telemetry)", lambda p: fmt(p["duet"]["telemetry"]["output_lateness"]))
+    row("duet: input -> state (telemetry)", lambda p: fmt(p["duet"]["telemetry"]["input_to_state"]))
+    row("  notes played / left sounding / JACK xruns", lambda p: "{} / {} / {}".format(
+        p["duet"]["received"]["note_on"], len(p["duet"]["received"]["left_sounding"]), p["duet"]["xruns"]))
+    for rt in ("off", "on"):
+        lines.append(f"every core busy (a busy loop each), improvd service.realtime {rt}:")
+        row("  key-down -> state (telemetry)", lambda p, r=rt: fmt(p["loaded"][r]["phrase"]["telemetry"]
+                                                                   ["input_to_state"]))
+        row("  phrase end -> first note, improvd's part", lambda p, r=rt: fmt(p["loaded"][r]["phrase"]
+                                                                             ["daemon_added_s"]))
+        row("  send lateness, call-response (telemetry)", lambda p, r=rt: fmt(p["loaded"][r]["timing"]
+                                                                             ["telemetry_output_lateness"]))
+        row("  duet: send lateness (telemetry)", lambda p, r=rt: fmt(p["loaded"][r]["duet"]["telemetry"]
+                                                                    ["output_lateness"]))
+        row("  duet: input -> state (telemetry)", lambda p, r=rt: fmt(p["loaded"][r]["duet"]["telemetry"]
+                                                                     ["input_to_state"]))
     flood_result = result.get("flood")
     if flood_result:
         lines += ["", f"flood at {flood_result['period_frames']} frames, passthrough on "
@@ -596,6 +673,8 @@ def main() -> int:
     parser.add_argument("--flood-seconds", type=float, default=30, help="seconds per flood rate")
     parser.add_argument("--flood-rates", default="1000,5000", help="messages per second, in turn")
     parser.add_argument("--no-flood", action="store_true")
+    parser.add_argument("--no-loaded", action="store_true",
+                        help="skip the run with every core busy (realtime off and on side by side)")
     parser.add_argument("--scheduler-realtime", action="store_true",
                         help="run improvd with service.realtime = true (its sending thread SCHED_FIFO)")
     parser.add_argument("--quick", action="store_true", help="a few seconds per part: to try the benchmark")
@@ -638,6 +717,10 @@ def main() -> int:
             for busy in (False, True):
                 print(f"  output timing ({'busy' if busy else 'idle'}) ...", file=sys.stderr)
                 entry["timing"]["busy" if busy else "idle"] = output_timing(args, jack, workdir, busy)
+            print("  duet ...", file=sys.stderr)
+            entry["duet"] = duet(args, jack, workdir)
+            if not args.no_loaded:
+                entry["loaded"] = loaded(args, jack, workdir, floor_p50)
             if index == len(args.periods) - 1 and not args.no_flood:  # last: it loads the machine most
                 print("  flood ...", file=sys.stderr)
                 result["flood"] = {"period_frames": period, **flood(args, jack, workdir)}

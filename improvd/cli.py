@@ -1,6 +1,6 @@
-"""The `improvd` command.
+"""The `improvd` command (also ``python -m improvd``).
 
-Exit codes: 0 ok, 1 configuration, 2 bad input file, 3 model, 4 ports.
+Exit codes: 0 ok, 1 configuration, 2 bad input file, 3 model, 4 ports, 5 empty continuation.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 from improvd.config import Config, format_config, load_config
@@ -18,13 +19,14 @@ from improvd.errors import ImprovdError
 log = logging.getLogger("improvd")
 
 EXIT_OK = 0
+EXIT_CODES = "Exit codes: 0 ok, 1 configuration, 2 bad input file, 3 model, 4 ports, 5 empty continuation."
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="improvd",
         description="Real-time MIDI improvisation: play a phrase, pause, and improvd answers.",
-        epilog="Exit codes: 0 ok, 1 configuration, 2 bad input file, 3 model, 4 ports.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("command", nargs="?", choices=("run", "config"), default="run",
                         help="run the daemon (default) or print the effective configuration")
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--length", type=float, help="seconds of continuation for the seed file")
     parser.add_argument("--list-ports", action="store_true", help="list MIDI ports and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="store_true", help="improvd's version and its model's name and data")
     args = parser.parse_args(argv)
     if (args.output_file or args.plot) and not args.seed_file:
         parser.error("--output-file and --plot need --seed-file")
@@ -68,6 +71,29 @@ def setup_logging(level: str) -> None:
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format=f"{stamp}%(levelname)s %(name)s: %(message)s",
                         force=True)
+
+
+def version_text(model_path: Path) -> str:
+    """The package's version, and which model it runs, read from the model's JSON."""
+    from improvd.model import read_metadata
+
+    try:
+        package = metadata.version("improvd")
+    except metadata.PackageNotFoundError:
+        package = "(not installed: running from a source tree)"
+    model = read_metadata(model_path)
+    arch = model["architecture"]
+    training = model.get("training", {})
+    data = training.get("data", {})
+    sources = data.get("sources", {})
+    names = [*sources.get("corpus", []), *(Path(f).name for f in sources.get("folders", []) or [])]
+    bits = model.get("held_out_bits_per_event")
+    lines = [f"improvd {package}",
+             f"model {model_path} ({arch['layers']} x LSTM {arch['units']}, {model.get('precision', 'fp32')}"
+             + (f", {bits:.3f} bits/event held out)" if isinstance(bits, float) else ")"),
+             f"trained on {', '.join(names) or data.get('path', 'unrecorded data')}"
+             + (f" ({data['files']} files)" if "files" in data else "")]
+    return "\n".join(lines)
 
 
 def continue_to_file(config: Config, args: argparse.Namespace) -> None:
@@ -97,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = overrides_of(args)
         config = load_config(args.config, overrides)
         setup_logging(config.log.level)
+        if args.version:
+            print(version_text(config.model.path))
+            return EXIT_OK
         if args.list_ports:
             from improvd.ports import list_ports
 

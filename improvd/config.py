@@ -17,6 +17,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +25,9 @@ from improvd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The model inside the package (package data; in a checkout improvd/exported links to the
+# exported/ folder training writes to), so an installed improvd needs no config to find it.
+PACKAGED_MODEL = Path(str(resources.files("improvd") / "exported" / "improvd.onnx")).resolve()
 SYSTEM_CONFIG_PATH = Path("/etc/improvd/config.toml")
 BUILT_IN = "built-in defaults"
 
@@ -52,7 +55,7 @@ def setting(default: Any, **rule: Any) -> Any:
 class ModelConfig:
     """The exported step model and where it runs."""
 
-    path: Path = setting(PROJECT_ROOT / "exported" / "improvd.onnx", nonempty=True)
+    path: Path = setting(PACKAGED_MODEL, nonempty=True)
     device: str = setting("auto", choices=("auto", "cpu", "cuda"))
 
 

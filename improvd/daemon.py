@@ -26,7 +26,7 @@ from improvd.errors import ImprovdError
 from improvd.model import StepModel
 from improvd.notify import Notifier
 from improvd.ports import InputPort, OutputPort, backend
-from improvd.scheduler import Scheduler, all_notes_off
+from improvd.scheduler import Scheduler, all_notes_off, raise_priority
 from improvd.seed import read_seed
 from improvd.telemetry import Telemetry
 
@@ -160,6 +160,8 @@ class Daemon:
             self.scheduler = Scheduler(self.output.send, self.telemetry, realtime_priority=realtime)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             self.scheduler.start()
+            # The engine loop (this thread) feeds the sender: realtime too, one step below it.
+            raise_priority(max(1, realtime - 1) if realtime else 0, "engine")
             self._startup_messages(seed)
             self.notifier.ready(self.status())
             log.info("ready: %s", self.status())

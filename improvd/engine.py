@@ -13,6 +13,7 @@ at the first unplayed event, and the player's event is folded in after what real
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import mido
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("call-response", "duet")
 ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic
+# Generated output resumes no sooner than this after ``now``: longer than regenerating the
+# lookahead takes (bench/duet_regen.py: p99 under 5 ms with both cores busy and SCHED_FIFO).
+REACTION_S = 0.02
 
 
 @dataclass
@@ -184,6 +188,7 @@ class Engine:
             if deadline is not None and now >= deadline - self._lookahead():
                 self._start_answer(deadline)
         if self.answering or self.settings.mode == "duet":
+            self._resume_no_sooner_than(now + REACTION_S)
             reply.messages += self._generate_until(now + self._lookahead())
         return reply
 
@@ -364,6 +369,15 @@ class Engine:
             self._journal_and_apply(token)
         self.note_first = True  # the answer opens on a note at the deadline, not a pause
         self.first_note_pending = True
+
+    def _resume_no_sooner_than(self, time: float) -> None:
+        """After a rollback the stream stands at the player's event, i.e. at ``now`` or up to
+        half a tick before it: an event sampled there would be due before it exists (the
+        whole lookahead is generated before any of it is queued), so it could only be sent
+        late. Time moves on to ``time`` first, in the state as in the room."""
+        gap = math.ceil((time - self.output_offset) / vocab.TICK_S - 1e-9) - self.encoder.tick
+        for token in vocab.time_shift_tokens(gap):
+            self._journal_and_apply(token)
 
     def _generate_until(self, until: float) -> list[Timed]:
         messages: list[Timed] = []

@@ -29,3 +29,9 @@ class PortError(ImprovdError):
     """A MIDI port cannot be found or opened."""
 
     exit_code = 4
+
+
+class EmptyContinuationError(ImprovdError):
+    """--output-file would get a continuation of no notes; the message says why."""
+
+    exit_code = 5

@@ -33,6 +33,19 @@ def all_notes_off() -> list[mido.Message]:
             for ch in range(16) for cc in (64, 123)]
 
 
+def raise_priority(priority: int, thread: str) -> None:
+    """SCHED_FIFO at ``priority`` for the calling thread (0: leave it as it is); where the
+    system refuses, say so and run on at normal priority."""
+    if not priority:
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        log.info("%s thread runs SCHED_FIFO priority %d", thread, priority)
+    except (OSError, AttributeError) as err:
+        log.warning("realtime priority %d for the %s thread refused (%s): timing may suffer under load",
+                    priority, thread, err)
+
+
 class Scheduler:
     def __init__(self, send: Callable[[mido.Message], None], telemetry: Telemetry | None = None,
                  clock: Callable[[], float] = time.monotonic, realtime_priority: int = 0) -> None:
@@ -122,18 +135,8 @@ class Scheduler:
         elif message.type in ("note_on", "note_off"):
             notes.get(message.channel, set()).discard(message.note)
 
-    def _raise_priority(self) -> None:
-        if not self.realtime_priority:
-            return
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.realtime_priority))
-            log.info("scheduler thread runs SCHED_FIFO priority %d", self.realtime_priority)
-        except (OSError, AttributeError) as err:
-            log.warning("realtime priority %d refused (%s): timing may suffer under load",
-                        self.realtime_priority, err)
-
     def _run(self) -> None:
-        self._raise_priority()
+        raise_priority(self.realtime_priority, "scheduler")
         try:
             while True:
                 with self._wake:

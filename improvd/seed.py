@@ -13,7 +13,7 @@ import mido
 
 from improvd import vocab
 from improvd.engine import Engine
-from improvd.errors import ImprovdError, InputFileError
+from improvd.errors import EmptyContinuationError, ImprovdError, InputFileError
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,43 @@ def read_seed(path: Path, track: int | None = None) -> list[tuple[float, mido.Me
             (t, m) for t, m in vocab.midi_messages(midi, track)
             if m.type in ("note_on", "note_off") or (m.type == "control_change" and m.control == vocab.SUSTAIN_CC)
         ]
+        file_end = vocab.midi_end(midi, track)
     except (ValueError, KeyError, IndexError, TypeError) as err:
         raise InputFileError(f"{path}: corrupt MIDI data ({err})") from err
     messages = [(t, m) for t, m in messages if getattr(m, "channel", 0) != vocab.DRUM_CHANNEL]
     onsets = [t for t, m in messages if m.type == "note_on" and m.velocity > 0]
     if not onsets:
         raise InputFileError(f"{path}: no notes to continue" + (f" in track {track}" if track is not None else ""))
+    releases = released_at_end(messages, max(file_end, messages[-1][0]))
+    if releases:
+        log.info("%s: ends with %s still down; released at its end (%.2f s)", path,
+                 ", ".join("the pedal" if m.is_cc() else f"key {m.note}" for _, m in releases), releases[0][0])
+        messages += releases
     start = onsets[0]
     end = messages[-1][0]
     if end - start > SEED_WINDOW_S:
         start = end - SEED_WINDOW_S
         log.info("%s: %.0f s long; priming with its last %.0f s", path, end - onsets[0], SEED_WINDOW_S)
     return [(t - start, m) for t, m in messages if t >= start]
+
+
+def released_at_end(messages: list[tuple[float, mido.Message]], end: float) -> list[tuple[float, mido.Message]]:
+    """What a DAW sends at a region's end: pedal up and key up wherever one is still down,
+    at ``end`` (a key struck right at the end still sounds for one tick)."""
+    down: dict[tuple[int, int], float] = {}  # (channel, key) -> onset
+    pedal: set[int] = set()
+    for time, message in messages:
+        if message.type == "control_change":
+            (pedal.add if message.value >= 64 else pedal.discard)(message.channel)
+        elif message.type == "note_on" and message.velocity > 0:
+            down[(message.channel, message.note)] = time
+        else:
+            down.pop((message.channel, message.note), None)
+    releases = [(end, mido.Message("control_change", channel=ch, control=vocab.SUSTAIN_CC, value=0))
+                for ch in sorted(pedal)]
+    releases += [(max(end, onset + vocab.TICK_S), mido.Message("note_off", channel=ch, note=key))
+                 for (ch, key), onset in sorted(down.items())]
+    return sorted(releases, key=lambda release: release[0])
 
 
 def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
@@ -92,7 +117,18 @@ def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
                 notes.append(vocab.Note(message.note, velocity, begin, timed.time - offset))
     if sounding:
         raise ImprovdError(f"internal error: continuation left notes {sorted(sounding)} sounding")
+    if not notes:
+        raise EmptyContinuationError(f"empty continuation: {_why_empty(engine)}")
     return notes
+
+
+def _why_empty(engine: Engine) -> str:
+    if not engine.counters.notes_in:
+        channels = sorted(ch + 1 for ch in engine.settings.input_channels)
+        return f"improvd heard none of the motif's notes (ports.input_channels = {channels} leaves out their channels)"
+    if not engine.counters.answers:
+        return "the motif never fell silent, so improvd never answered"
+    return "the model played no note in its answer"
 
 
 def write_continuation(path: Path, seed: list[tuple[float, mido.Message]], continuation: list[vocab.Note],

@@ -294,18 +294,28 @@ def tokens_to_notes(tokens: Iterable[int], start_time: float = 0.0) -> list[Note
 def midi_messages(midi: mido.MidiFile, track: int | None = None) -> Iterator[tuple[float, mido.Message]]:
     """(seconds, message) for every channel message of a file, tracks merged unless one is
     chosen, tempo changes applied by mido."""
-    if track is not None:
-        source = mido.MidiFile(type=0, ticks_per_beat=midi.ticks_per_beat)
-        tempo_map = [m for t in midi.tracks for m in _absolute(t) if m[1].type == "set_tempo"]
-        merged = sorted(tempo_map + list(_absolute(midi.tracks[track])), key=lambda m: m[0])
-        source.tracks.append(_relative(merged))
-    else:
-        source = midi
     now = 0.0
-    for message in source:
+    for message in _source(midi, track):
         now += message.time
         if not message.is_meta:
             yield now, message
+
+
+def midi_end(midi: mido.MidiFile, track: int | None = None) -> float:
+    """Seconds to the last event of the file (or of one track), its end-of-track included:
+    where a DAW region ends."""
+    return _source(midi, track).length
+
+
+def _source(midi: mido.MidiFile, track: int | None) -> mido.MidiFile:
+    """The file, or one of its tracks merged with every track's tempo changes."""
+    if track is None:
+        return midi
+    source = mido.MidiFile(type=0, ticks_per_beat=midi.ticks_per_beat)
+    tempo_map = [m for t in midi.tracks for m in _absolute(t) if m[1].type == "set_tempo"]
+    merged = sorted(tempo_map + list(_absolute(midi.tracks[track])), key=lambda m: m[0])
+    source.tracks.append(_relative(merged))
+    return source
 
 
 def _absolute(track: mido.MidiTrack) -> Iterator[tuple[int, mido.Message]]:

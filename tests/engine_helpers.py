@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from pathlib import Path
 
 import mido
 import numpy as np
 
 from improvd import engine, sampler
-from improvd.config import PROJECT_ROOT
 from improvd.model import State, StepModel
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = PROJECT_ROOT / "exported" / "improvd.onnx"
 
 

@@ -111,3 +111,65 @@ def test_config_command_prints_the_effective_settings(tmp_path):
     settings = tomllib.loads(result.stdout)
     assert settings["sampler"]["temperature"] == 1.5 and settings["engine"]["mode"] == "duet"
     assert settings["model"]["path"] == str(MODEL_PATH)
+
+
+def motif_file(path, pedal_up=True, last_released=True, tail_ticks=0, track_count=1):
+    """C-E-G, half a second each (480 ticks at 120 bpm), pedal down from the start; the
+    pedal lift and the G's release are optional, as a DAW region cut short leaves them."""
+    events = [mido.Message("control_change", control=64, value=127, time=0)]
+    for pitch in (60, 64, 67):
+        events.append(mido.Message("note_on", note=pitch, velocity=80, time=0))
+        if pitch != 67 or last_released:
+            events.append(mido.Message("note_off", note=pitch, time=480))
+    if pedal_up:
+        events.append(mido.Message("control_change", control=64, value=0, time=0))
+    events.append(mido.MetaMessage("end_of_track", time=tail_ticks))
+    midi = mido.MidiFile(type=1, ticks_per_beat=480)
+    for _ in range(track_count - 1):  # other tracks first: --seed-track picks the last one
+        midi.tracks.append(mido.MidiTrack([mido.Message("note_on", note=40, velocity=60, time=0),
+                                           mido.Message("note_off", note=40, time=240)]))
+    midi.tracks.append(mido.MidiTrack(events))
+    midi.save(path)
+    return path
+
+
+HELD_AT_END = {  # case -> (motif_file arguments, seconds at which the motif's last sound ends)
+    "pedal never lifted": ({"pedal_up": False, "tail_ticks": 240}, 1.75),
+    "last note never released": ({"last_released": False, "tail_ticks": 480}, 1.5),
+    "both": ({"pedal_up": False, "last_released": False, "tail_ticks": 960}, 2.0),
+    "ends with a long silence": ({"tail_ticks": 480 * 20}, 1.5),
+}
+
+
+@pytest.mark.parametrize("case", list(HELD_AT_END))
+def test_motif_left_held_at_its_end_is_released_there_and_continued(tmp_path, case):
+    arguments, motif_end = HELD_AT_END[case]
+    seed, out = motif_file(tmp_path / "motif.mid", **arguments), tmp_path / "out.mid"
+    result = improvd("--seed-file", seed, "--output-file", out, "--length", "2", "--random-seed", "5")
+    assert result.returncode == 0, result.stderr
+    midi = mido.MidiFile(out)
+    motif, continuation = (vocab.midi_to_notes(midi, track=i) for i in (0, 1))
+    assert [n.pitch for n in motif] == [60, 64, 67]
+    assert max(n.end for n in motif) == pytest.approx(motif_end, abs=0.011)
+    assert continuation, "no continuation"
+    assert continuation[0].start == pytest.approx(motif_end + 0.5, abs=0.011)  # silence_ms after the motif
+    assert continuation[-1].end <= motif_end + 0.5 + 2.0 + 0.011
+
+
+def test_seed_track_left_held_at_its_end_is_released_there_and_continued(tmp_path):
+    seed = motif_file(tmp_path / "tracks.mid", pedal_up=False, last_released=False, tail_ticks=480, track_count=2)
+    out = tmp_path / "out.mid"
+    result = improvd("--seed-file", seed, "--seed-track", 1, "--output-file", out, "--length", "2")
+    assert result.returncode == 0, result.stderr
+    motif, continuation = (vocab.midi_to_notes(mido.MidiFile(out), track=i) for i in (0, 1))
+    assert [n.pitch for n in motif] == [60, 64, 67]
+    assert continuation and continuation[0].start == pytest.approx(1.5 + 0.5, abs=0.011)
+
+
+def test_empty_continuation_says_why_and_exits_5(tmp_path):
+    config = tmp_path / "channel5.toml"
+    config.write_text("[ports]\ninput_channels = [5]\n")  # the motif plays on channel 1
+    out = tmp_path / "out.mid"
+    result = improvd("--config", config, "--seed-file", EXAMPLE, "--output-file", out)
+    assert_one_line_error(result, 5, "empty continuation", "ports.input_channels = [5]")
+    assert not out.exists()

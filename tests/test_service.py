@@ -13,11 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import mido
 import pytest
 
 from improvd import cli
-from improvd.config import PROJECT_ROOT, ServiceConfig, load_config
+from improvd.config import ServiceConfig, load_config
 from tests.conftest import in_ci
+from tests.engine_helpers import PROJECT_ROOT
 from tests.service_helpers import (
     STOP_DEADLINE_S,
     TIMESTAMP,
@@ -289,3 +291,51 @@ def test_system_unit_security_exposure_is_at_most_2(systemd_analyze):
     exposure = float(match.group(1))
     print(f"\nsystemd-analyze security --offline=true {SYSTEM_UNIT.name}: exposure {exposure}")
     assert exposure <= MAX_EXPOSURE, result.stdout
+
+
+def fifo_priorities(pid: int) -> dict[int, int]:
+    """thread id -> SCHED_FIFO priority, for the process's threads that run SCHED_FIFO."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        rt_priority, policy = int(fields[37]), int(fields[38])  # stat fields 40 and 41
+        if policy == os.SCHED_FIFO:
+            found[int(task.name)] = rt_priority
+    return found
+
+
+def test_realtime_runs_the_engine_loop_sched_fifo_below_the_sender(session, tmp_path):
+    config = write_config(tmp_path / "rt.toml", service={"realtime": "true", "realtime_priority": 20})
+    daemon, player, listener = session(config)
+    player.play()
+    assert listener.wait_sounding(), "no answer with realtime on:\n" + daemon.log()
+    log = daemon.log()
+    if "realtime priority 20 for the scheduler thread refused" in log:  # an unprivileged machine
+        assert "realtime priority 19 for the engine thread refused" in log
+        return
+    daemon.wait_line("scheduler thread runs SCHED_FIFO priority 20")
+    daemon.wait_line("engine thread runs SCHED_FIFO priority 19")
+    fifo = fifo_priorities(daemon.process.pid)
+    assert fifo.get(daemon.process.pid) == 19, fifo  # the engine loop is the main thread
+    assert 20 in fifo.values(), fifo  # the sender
+
+
+def test_live_seed_file_left_with_the_pedal_down_is_answered(jack, tmp_path):
+    """A live --seed-file whose motif never lifts the pedal nor its last key: released at the
+    file's end, it is answered, where before improvd waited for a silence that never came."""
+    seed = mido.MidiFile(ticks_per_beat=480)
+    seed.tracks.append(mido.MidiTrack([
+        mido.Message("control_change", control=64, value=127, time=0),
+        mido.Message("note_on", note=60, velocity=80, time=0), mido.Message("note_off", note=60, time=240),
+        mido.Message("note_on", note=64, velocity=80, time=0),
+        mido.MetaMessage("end_of_track", time=240)]))
+    seed.save(tmp_path / "held.mid")
+    listener = Listener(jack)
+    daemon = Improvd(write_config(tmp_path / "config.toml"), args=("--seed-file", str(tmp_path / "held.mid")))
+    try:
+        daemon.wait_line("ready:")
+        listener.connect()
+        assert listener.wait_sounding(), "the seed was never answered:\n" + daemon.log()
+    finally:
+        daemon.close()
+        listener.close()

@@ -1,0 +1,85 @@
+"""The package as a user installs it: a wheel built from this checkout, installed into a
+fresh virtual environment, run from another folder with no configuration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import venv
+from pathlib import Path
+
+import mido
+import pytest
+
+from improvd import vocab
+from tests.engine_helpers import MODEL_PATH, PROJECT_ROOT
+
+EXAMPLE = PROJECT_ROOT / "examples" / "motif.mid"
+VERSION = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def run(*args, **kwargs):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, **kwargs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A wheel built from a copy of the sources (so no build/ lands in the checkout),
+    installed into a new venv. The new venv sees this environment's dependencies through a
+    .pth line (offline and fast) but not its improvd: that comes from the wheel alone."""
+    root = tmp_path_factory.mktemp("package")
+    source = root / "source"
+    source.mkdir()
+    for name in ("improvd", "training", "exported"):
+        shutil.copytree(PROJECT_ROOT / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PROJECT_ROOT / name, source / name)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+        "--wheel-dir", root / "dist", source)
+    wheel = next((root / "dist").glob("improvd-*.whl"))
+    env_dir = root / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    site = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+    (root / "venv" / site.split(str(env_dir) + "/", 1)[1] / "dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n")
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "--quiet", wheel)
+    return env_dir
+
+
+def user_env(home):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    return env
+
+
+def test_installed_wheel_continues_a_motif_from_any_folder(installed, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(EXAMPLE, elsewhere / "motif.mid")
+    result = run(installed / "bin" / "improvd", "--seed-file", "motif.mid", "--output-file", "out.mid",
+                 "--length", "2", cwd=elsewhere, env=user_env(tmp_path))
+    assert "continuation" in result.stdout
+    continuation = vocab.midi_to_notes(mido.MidiFile(elsewhere / "out.mid"), track=1)
+    assert continuation, "no continuation"
+
+
+def test_installed_package_runs_its_own_model_and_code(installed, tmp_path):
+    env = user_env(tmp_path)
+    where = run(installed / "bin" / "python", "-c", "import improvd; print(improvd.__file__)", cwd=tmp_path,
+                env=env).stdout.strip()
+    assert where.startswith(str(installed)), where
+    for command in ([installed / "bin" / "improvd"], [installed / "bin" / "python", "-m", "improvd"]):
+        lines = run(*command, "--version", cwd=tmp_path, env=env).stdout.splitlines()
+        assert lines[0] == f"improvd {VERSION}"
+        model = lines[1].split()[1]
+        assert model.startswith(str(installed)) and model.endswith("improvd/exported/improvd.onnx"), model
+        assert Path(model).read_bytes() == MODEL_PATH.read_bytes()
+        assert lines[2].startswith("trained on ")
