@@ -140,10 +140,15 @@ class StepModel:
 
     def step(self, tokens) -> np.ndarray:
         """Advance every row by one token; the logits [batch, vocab] for what comes next."""
-        feed = {"token": np.asarray(tokens, np.int32).reshape(self.batch), "h": self.h, "c": self.c}
-        self.logits, self.h, self.c = self.session.run(None, feed)
-        self.steps += 1
+        self.logits, self.h, self.c = self.run(tokens, self.h, self.c)
         return self.logits
+
+    def run(self, tokens, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One step of any rows' state held elsewhere (candidate answers): (logits, h, c)."""
+        feed = {"token": np.asarray(tokens, np.int32).reshape(h.shape[1]), "h": h, "c": c}
+        logits, h_out, c_out = self.session.run(None, feed)
+        self.steps += 1
+        return logits, h_out, c_out
 
     def snapshot(self) -> State:
         # session.run returns fresh arrays each step, so references are already copies.
