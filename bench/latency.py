@@ -63,6 +63,7 @@ SILENCE_MS = 150
 HOG = [sys.executable, "-c", "while True: pass"]  # one busy core
 PHRASE = (60, 62, 64, 65, 67, 65, 64, 62)  # the duet player's loop: 120 ms apart, held 100 ms
 SCHEDULER_REALTIME = [False]  # --scheduler-realtime: improvd's service.realtime (SCHED_FIFO sender)
+CANDIDATES: list[int | None] = [None]  # --candidates: improvd's sampler.candidates
 J = rtmidi.API_UNIX_JACK
 
 
@@ -318,6 +319,8 @@ class Daemon:
             "telemetry": {"interval_s": 0.0},
             "service": {"watchdog": False, "realtime": SCHEDULER_REALTIME[0]},
         }
+        if CANDIDATES[0] is not None:
+            settings["sampler"] = {"candidates": CANDIDATES[0]}
         for section, values in sections.items():
             settings.setdefault(section, {}).update(values)
         config = workdir / f"{name}.toml"
@@ -661,6 +664,7 @@ def table(result: dict) -> str:
 
 
 def main() -> int:
+    global SILENCE_MS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--periods", default="64,256",
                         help="JACK periods in frames at 48 kHz, in turn; the flood runs at the last (default 64,256)")
@@ -677,6 +681,9 @@ def main() -> int:
                         help="skip the run with every core busy (realtime off and on side by side)")
     parser.add_argument("--scheduler-realtime", action="store_true",
                         help="run improvd with service.realtime = true (its sending thread SCHED_FIFO)")
+    parser.add_argument("--candidates", type=int, help="sampler.candidates for improvd (default: its default)")
+    parser.add_argument("--silence-ms", type=int, default=SILENCE_MS,
+                        help=f"engine.silence_ms (default {SILENCE_MS}; candidates need more than lookahead_ms, 250)")
     parser.add_argument("--quick", action="store_true", help="a few seconds per part: to try the benchmark")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--echo", help=argparse.SUPPRESS)
@@ -693,6 +700,8 @@ def main() -> int:
     args.periods = [int(p) for p in args.periods.split(",")]
     args.flood_rates = [int(r) for r in args.flood_rates.split(",")]
     SCHEDULER_REALTIME[0] = args.scheduler_realtime
+    CANDIDATES[0] = args.candidates
+    SILENCE_MS = args.silence_ms
     os.environ.update(JACK_DEFAULT_SERVER=SERVER, JACK_NO_START_SERVER="1")
     sys.setswitchinterval(0.0005)  # the receive callbacks here must not wait 5 ms for the GIL
     result: dict[str, object] = {"machine": machine(), "settings": {

@@ -20,6 +20,7 @@ log = logging.getLogger("improvd")
 
 EXIT_OK = 0
 EXIT_CODES = "Exit codes: 0 ok, 1 configuration, 2 bad input file, 3 model, 4 ports, 5 empty continuation."
+WEIGHTS = ("fluency", "pitch_class", "register", "density", "dynamics")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
     parser.add_argument("--model", type=Path, help="exported .onnx model (its .json beside it)")
-    parser.add_argument("--random-seed", type=int, help="fix the sampler's RNG (-1: random)")
+    parser.add_argument("--random-seed", "--seed", type=int, dest="random_seed",
+                        help="fix the sampler's RNG for reproducible answers (-1: random)")
+    parser.add_argument("--candidates", type=int, metavar="K", help="choose each answer among K candidates (1: off)")
+    parser.add_argument("--weights", type=weights_arg, default={}, metavar="NAME=W,...",
+                        help=f"candidate score weights, any of {', '.join(WEIGHTS)} (see config.toml [sampler])")
     parser.add_argument("--seed-file", type=Path, help="a MIDI motif to prime the model with")
     parser.add_argument("--seed-track", type=int, help="use only this track of the seed file (0-based)")
     parser.add_argument("--output-file", type=Path, help="write motif + continuation here and exit (no ports)")
@@ -62,8 +67,21 @@ def overrides_of(args: argparse.Namespace) -> dict[str, object]:
         "ports.input": args.input, "ports.output": args.output, "ports.api": args.api,
         "engine.mode": args.mode, "engine.seed": args.random_seed, "sampler.temperature": args.temperature,
         "model.device": args.device, "model.path": str(args.model) if args.model else None,
-        "log.level": "debug" if args.verbose else None,
+        "log.level": "debug" if args.verbose else None, "sampler.candidates": args.candidates,
+        **{f"sampler.weight_{name}": value for name, value in args.weights.items()},
     }
+
+
+def weights_arg(text: str) -> dict[str, float]:
+    """``fluency=1,register=0.5`` -> {"fluency": 1.0, "register": 0.5}; the config checks names and ranges."""
+    weights = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=NUMBER") from None
+    return weights
 
 
 def setup_logging(level: str) -> None:

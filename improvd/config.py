@@ -98,6 +98,12 @@ class SamplerConfig:
     max_note_s: float = setting(4.0, gt=0)
     pitch_low: int = setting(21, ge=0, le=127)
     pitch_high: int = setting(108, ge=0, le=127, not_below="pitch_low")
+    candidates: int = setting(8, ge=1, le=4096)
+    weight_fluency: float = setting(1.0, ge=0)
+    weight_pitch_class: float = setting(2.0, ge=0)
+    weight_register: float = setting(0.25, ge=0)
+    weight_density: float = setting(1.0, ge=0)
+    weight_dynamics: float = setting(0.02, ge=0)
 
 
 @dataclass(frozen=True)

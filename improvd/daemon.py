@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mido
 
+from improvd import candidates as candidates_module
 from improvd import engine as engine_module
 from improvd import sampler as sampler_module
 from improvd.config import Config, load_config
@@ -49,8 +50,16 @@ def engine_settings(config: Config) -> engine_module.Settings:
         answer_ratio=e.answer_ratio, lookahead_ms=e.lookahead_ms,
         input_channels=frozenset(ch - 1 for ch in p.input_channels), output_channel=p.output_channel - 1,
         passthrough=p.passthrough, temperature_cc=c.temperature_cc, answer_length_cc=c.answer_length_cc,
-        mode_cc=c.mode_cc, panic_cc=c.panic_cc, clock=c.clock,
+        mode_cc=c.mode_cc, panic_cc=c.panic_cc, clock=c.clock, candidates=config.sampler.candidates,
+        weights=weights(config),
     )
+
+
+def weights(config: Config) -> candidates_module.Weights:
+    s = config.sampler
+    return candidates_module.Weights(fluency=s.weight_fluency, pitch_class=s.weight_pitch_class,
+                                     register=s.weight_register, density=s.weight_density,
+                                     dynamics=s.weight_dynamics)
 
 
 def sampler_settings(config: Config) -> sampler_module.Settings:
@@ -123,6 +132,7 @@ class Daemon:
         self.report_requested = threading.Event()
         self.inbox = Inbox(self.telemetry)
         self._last_steps = (time.monotonic(), 0)
+        self.last_choice: candidates_module.Choice | None = None
         self.model: StepModel | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
@@ -225,6 +235,7 @@ class Daemon:
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             # Silence is judged at the oldest input still queued, not at the clock.
             self.scheduler.submit(self.engine.poll(min(time.monotonic(), self.inbox.oldest())))
+            self._record_choice(self.engine.take_choice())
             now = time.monotonic()
             if self.notifier.active:
                 # Pinged from this loop, and only while the scheduler thread lives: a wedged
@@ -250,6 +261,18 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+
+    def _record_choice(self, choice: candidates_module.Choice | None) -> None:
+        """Candidate figures for the telemetry line (the engine logs each choice at debug)."""
+        if choice is None:
+            return
+        self.telemetry.record("candidate_generation", choice.compute_s)
+        if choice.slack_s is not None:
+            self.telemetry.record("candidate_slack", choice.slack_s)
+        self.telemetry.count("candidates_scored", choice.scored)
+        self.telemetry.count("answers_chosen")
+        self.telemetry.count("answers_chosen_partial", int(not choice.complete))
+        self.last_choice = choice
 
     def _check_ports(self) -> None:
         """Follow ports that vanish and come back. When the output's peer goes, the answer
@@ -323,5 +346,7 @@ class Daemon:
             last_time, last_steps = self._last_steps
             extra["model_steps"] = steps
             extra["model_steps_per_s"] = (steps - last_steps) / max(1e-9, now - last_time)
+        if self.last_choice is not None:
+            extra.update(last_winner=self.last_choice.winner, last_margin=self.last_choice.margin)
             self._last_steps = (now, steps)
         return self.telemetry.line(extra)

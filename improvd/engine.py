@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import mido
 import numpy as np
 
 from improvd import vocab
+from improvd.candidates import Choice, Line, Plan, Profile, Search, Weights
 from improvd.model import State, StepModel
 from improvd.sampler import Grammar, Sampler
 
@@ -48,6 +50,9 @@ class Settings:
     mode_cc: int = 80
     panic_cc: int = 123
     clock: bool = True
+    candidates: int = 1  # call-response answers chosen among this many; 1: sampled as they play
+    weights: Weights = field(default_factory=Weights)
+    candidate_steps: int = 2  # candidate events per poll: small, so input is never kept waiting
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,10 @@ class Engine:
         self.phrase_start: float | None = None
         self._phrase_start_before_answer: float | None = None
         self.last_player_time = now
+        self.phrase_notes: list[tuple[int, int]] = []  # (pitch, velocity) of the phrase's notes
+        self.search: Search | None = None  # candidate answers for the coming deadline
+        self.script: deque[int] = deque()  # the chosen answer's events, not yet played
+        self.choice: Choice | None = None  # the last choice, until the daemon takes it
         self._fold(self.encoder.advance(now))
 
     # ---- what the daemon calls ---------------------------------------------------------
@@ -172,6 +181,8 @@ class Engine:
                 reply.extend(self._stop_generating(now))
             if self.phrase_start is None:
                 self.phrase_start = now
+                self.phrase_notes = []
+            self.phrase_notes.append((message.note, message.velocity))
         self._fold(self.encoder.feed(message, now))
         self.last_player_time = now
         return reply
@@ -185,8 +196,10 @@ class Engine:
         reply = Reply()
         if self.settings.mode == "call-response" and not self.answering:
             deadline = self.silence_deadline()
+            if deadline is not None and self.settings.candidates > 1:
+                self._search(deadline, now)
             if deadline is not None and now >= deadline - self._lookahead():
-                self._start_answer(deadline)
+                self._start_answer(deadline, now)
         if self.answering or self.settings.mode == "duet":
             self._resume_no_sooner_than(now + REACTION_S)
             reply.messages += self._generate_until(now + self._lookahead())
@@ -199,7 +212,16 @@ class Engine:
         if self.answering or self.settings.mode == "duet":
             return max(now, self._stream_time() - self._lookahead() / 2)
         deadline = self.silence_deadline()
-        return None if deadline is None else max(now, deadline - self._lookahead())
+        if deadline is None:
+            return None
+        if self.settings.candidates > 1 and (self.search is None or not self.search.done):
+            return now  # candidates to advance
+        return max(now, deadline - self._lookahead())
+
+    def take_choice(self) -> Choice | None:
+        """The candidate choice made since the last call, for telemetry."""
+        choice, self.choice = self.choice, None
+        return choice
 
     def silence_deadline(self) -> float | None:
         """When the player's phrase counts as ended: ``silence_ms`` after the last event,
@@ -296,6 +318,7 @@ class Engine:
         return bool(self.encoder.sounding - self.own_notes.keys())
 
     def _fold(self, tokens: list[int]) -> None:
+        self.search = None  # the stream changes under it: candidates from before are stale
         for token in tokens:
             self.model.step([token])
 
@@ -310,6 +333,7 @@ class Engine:
         self.after_velocity = snapshot.after_velocity
         self.note_first = snapshot.note_first
         self.first_note_pending = snapshot.first_note_pending
+        self.script.clear()
 
     def heard(self, now: float) -> None:
         """Forget the snapshots of events that have sounded by ``now``: they can no longer
@@ -344,24 +368,61 @@ class Engine:
         reply = self._rollback(now) if rollback else Reply()
         self.answering = False
         self.output_offset = 0.0
+        self.script.clear()
         self._fold(self.encoder.advance(now))
         for pitch in sorted(self.own_notes):
             self._apply(vocab.NOTE_OFF_OFFSET + pitch)
         self.own_notes.clear()
         return reply.extend(Reply(cancel_after=now, release=True))
 
-    def _start_answer(self, deadline: float) -> None:
+    def _phrase_length(self) -> float:
         start = self.last_player_time if self.phrase_start is None else self.phrase_start
-        phrase = max(0.0, self.last_player_time - start)
+        return max(0.0, self.last_player_time - start)
+
+    def _plan(self, deadline: float) -> Plan:
         s = self.settings
-        if self.next_answer_length is not None:
-            length, self.next_answer_length = self.next_answer_length, None
-        else:
-            length = min(max(s.answer_ratio * phrase, s.min_answer_s), s.max_answer_s)
+        length = self.next_answer_length
+        if length is None:
+            length = min(max(s.answer_ratio * self._phrase_length(), s.min_answer_s), s.max_answer_s)
+        return Plan(deadline, deadline + length, deadline - _ticks(deadline) * vocab.TICK_S)
+
+    def _search(self, deadline: float, now: float) -> None:
+        """Advance the candidate answers for ``deadline``, started the moment silence begins;
+        they must be ready when the answer starts, ``lookahead`` before the deadline."""
+        if now >= deadline - self._lookahead():
+            return
+        if self.search is None:
+            line = Line(self.encoder.copy(), dict(self.own_notes))
+            phrase = Profile.of(self.phrase_notes, self._phrase_length())
+            start = State(self.model.h, self.model.c, self.model.logits)
+            self.search = Search(self.model, self.sampler, start, line, self._plan(deadline),
+                                 self.settings.candidates, phrase, self.settings.weights)
+        self.search.advance(self.settings.candidate_steps, now)
+
+    def _choose(self, plan: Plan, now: float) -> None:
+        """Script the best candidate ready for ``plan``; with none, the answer is sampled."""
+        search, self.search = self.search, None
+        if search is None or search.plan != plan:
+            return
+        self.choice = search.choose(now)
+        if self.choice is None:
+            return
+        self.script = deque(self.choice.tokens)
+        c = self.choice
+        log.debug("answer chosen among %d candidates (%d scored, %s after %d steps): #%d, score %.3f, margin %.3f; "
+                  "generation %.1f ms, ready %s before the answer starts", c.candidates, c.scored,
+                  "complete" if c.complete else "partial", c.steps, c.winner, c.score, c.margin, c.compute_s * 1e3,
+                  "never" if c.slack_s is None else f"{c.slack_s * 1e3:.0f} ms")
+
+    def _start_answer(self, deadline: float, now: float) -> None:
+        plan = self._plan(deadline)
+        self.next_answer_length = None
+        if self.settings.candidates > 1:
+            self._choose(plan, now)
         self.answering = True
         self.answer_deadline = deadline
-        self.output_offset = deadline - _ticks(deadline) * vocab.TICK_S
-        self.answer_end = deadline + length
+        self.output_offset = plan.output_offset
+        self.answer_end = plan.answer_end
         self._phrase_start_before_answer = self.phrase_start
         self.phrase_start = None
         self.counters.answers += 1
@@ -391,7 +452,9 @@ class Engine:
             grammar = Grammar(self.own_notes, frozenset(self.encoder.sounding), self.encoder.tick,
                               self.encoder.velocity_bin, self.after_velocity, self.note_first,
                               _ticks(self.answer_end - self.output_offset) if self.answering else None)
-            token = self.sampler.sample(self.model.logits[0], grammar)
+            token = self._scripted(grammar)
+            if token is None:
+                token = self.sampler.sample(self.model.logits[0], grammar)
             message = self._journal_and_apply(token)
             if message is not None:
                 deadline = None
@@ -401,8 +464,20 @@ class Engine:
                 messages.append(Timed(time + self.output_offset, message, deadline))
         return messages
 
+    def _scripted(self, grammar: Grammar) -> int | None:
+        """The chosen answer's next event, while it lasts and the grammar still allows it;
+        after it, the answer goes on sampled from where the chosen one got to."""
+        if not self.script:
+            return None
+        token = self.script.popleft()
+        if self.sampler.mask(grammar)[token]:
+            return token
+        self.script.clear()
+        return None
+
     def _finish_answer(self) -> list[Timed]:
         self.answering = False
+        self.script.clear()
         time = self._stream_time() + self.output_offset
         return [Timed(time, m) for m in (self._journal_and_apply(vocab.NOTE_OFF_OFFSET + p)
                                          for p in sorted(self.own_notes)) if m is not None]

@@ -6,7 +6,10 @@ performance has run, and what lets the engine snapshot and restore a speculative
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -73,10 +76,43 @@ def _vocab_difference(theirs) -> str:
 def _cuda_available(ort) -> tuple[bool, str]:
     """Whether a CUDA session can really be created, and why not; quietly."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False, "this onnxruntime build has no CUDA provider"
+        return False, _no_cuda_provider()
     if not any(Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version")):
         return False, "no NVIDIA driver found"
     return True, "CUDA provider and NVIDIA driver found"
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _no_cuda_provider() -> str:
+    """Why the imported onnxruntime has no CUDA provider, and the command that fixes it. The CPU
+    and GPU builds both install the module ``onnxruntime``: with both, whichever came last wins."""
+    if _installed("onnxruntime-gpu") and _installed("onnxruntime"):
+        return ("onnxruntime and onnxruntime-gpu are both installed and the CPU build's files won: "
+                "pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu")
+    return "this onnxruntime build has no CUDA provider: pip install 'improvd[gpu]'"
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels of the [gpu] extra, so that a box with only
+    the NVIDIA driver runs the CUDA provider; what it prints goes to the debug log."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except (OSError, RuntimeError) as err:
+        log.debug("onnxruntime.preload_dlls failed: %s", err)
+    if printed.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", " ".join(printed.getvalue().split()))
 
 
 class StepModel:
@@ -107,6 +143,7 @@ class StepModel:
             usable, why = _cuda_available(ort)
             if usable:
                 ort.set_default_logger_severity(4)  # a failed CUDA start logs a wall; our line says why
+                _preload_cuda_libraries(ort)
                 try:
                     session = ort.InferenceSession(
                         str(self.path), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -117,7 +154,8 @@ class StepModel:
                     if session.get_providers()[0] == "CUDAExecutionProvider":
                         log.info("model %s runs on CUDA (%s)", self.path.name, why)
                         return session, "cuda"
-                    usable, why = False, "the CUDA provider did not start (CUDA 13 / cuDNN 9 libraries missing?)"
+                    usable, why = False, ("the CUDA provider did not start (CUDA 13 / cuDNN 9 libraries missing: "
+                                     "pip install 'improvd[gpu]')")
                 finally:
                     ort.set_default_logger_severity(2)
             if device == "cuda":
@@ -140,10 +178,15 @@ class StepModel:
 
     def step(self, tokens) -> np.ndarray:
         """Advance every row by one token; the logits [batch, vocab] for what comes next."""
-        feed = {"token": np.asarray(tokens, np.int32).reshape(self.batch), "h": self.h, "c": self.c}
-        self.logits, self.h, self.c = self.session.run(None, feed)
-        self.steps += 1
+        self.logits, self.h, self.c = self.run(tokens, self.h, self.c)
         return self.logits
+
+    def run(self, tokens, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One step of any rows' state held elsewhere (candidate answers): (logits, h, c)."""
+        feed = {"token": np.asarray(tokens, np.int32).reshape(h.shape[1]), "h": h, "c": c}
+        logits, h_out, c_out = self.session.run(None, feed)
+        self.steps += 1
+        return logits, h_out, c_out
 
     def snapshot(self) -> State:
         # session.run returns fresh arrays each step, so references are already copies.

@@ -76,12 +76,27 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, grammar: Grammar) -> int:
         """One token drawn from the masked, tempered, nucleus-truncated distribution."""
-        allowed = self.mask(grammar)
-        scaled = np.where(allowed, logits.astype(np.float64) / self.settings.temperature, -np.inf)
-        probs = np.exp(scaled - scaled.max())
-        probs /= probs.sum()
+        probs = self._probabilities(logits, self.mask(grammar))
         order = np.argsort(probs)[::-1]
         cumulative = np.cumsum(probs[order])
         keep = order[: int(np.searchsorted(cumulative, self.settings.top_p)) + 1]
         kept = probs[keep] / probs[keep].sum()
         return int(keep[self.rng.choice(len(keep), p=kept)])
+
+    def sample_rows(self, logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """One token per row of ``logits`` [rows, vocab] under its row of ``allowed``, drawn
+        from the same distribution as ``sample``: K candidate answers cost one numpy pass."""
+        probs = self._probabilities(logits, allowed)
+        order = np.argsort(-probs, axis=1, kind="stable")
+        ranked = np.take_along_axis(probs, order, axis=1)
+        kept = np.arange(probs.shape[1]) <= (np.cumsum(ranked, axis=1) < self.settings.top_p).sum(1, keepdims=True)
+        cdf = np.cumsum(np.where(kept, ranked, 0.0), axis=1)
+        draw = self.rng.random(len(probs)) * cdf[:, -1]
+        pick = np.minimum((cdf <= draw[:, None]).sum(1), kept.sum(1) - 1)
+        return order[np.arange(len(probs)), pick]
+
+    def _probabilities(self, logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """Tempered softmax over the allowed tokens (the last axis)."""
+        scaled = np.where(allowed, logits.astype(np.float64) / self.settings.temperature, -np.inf)
+        probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+        return probs / probs.sum(axis=-1, keepdims=True)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 MAX_SEED_BYTES = 8 * 1024 * 1024  # a seed is a motif, not a symphony collection
 SEED_WINDOW_S = 120.0  # only the last two minutes are folded in: the LSTM forgets earlier
 SIMULATION_STEP_S = 0.01
+OFFLINE_CANDIDATE_STEPS = 1_000_000  # more events than any answer has
 
 
 def read_seed(path: Path, track: int | None = None) -> list[tuple[float, mido.Message]]:
@@ -93,6 +94,8 @@ def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
     """The continuation's notes, generated in simulated time right after the motif; its
     length is ``length`` seconds, or follows the motif's as a live answer would."""
     motif_end = seed[-1][0]
+    # No clock to race offline: every candidate answer is finished before one is chosen.
+    engine.settings.candidate_steps = OFFLINE_CANDIDATE_STEPS
     start = 10.0  # simulated clock; any value works, the engine only sees differences
     replies = [engine.seed(seed, start + motif_end, length)]
     now = start + motif_end

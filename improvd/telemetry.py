@@ -30,7 +30,10 @@ class Series:
 class Telemetry:
     """Named latency series plus counters, read by the periodic log line and the status."""
 
-    SERIES = ("input_to_state", "phrase_end_to_first_note", "output_lateness")
+    # candidate_generation: wall time generating and scoring an answer's candidates;
+    # candidate_slack: from every candidate being ready to the answer starting.
+    SERIES = ("input_to_state", "phrase_end_to_first_note", "output_lateness", "candidate_generation",
+              "candidate_slack")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

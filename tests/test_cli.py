@@ -173,3 +173,25 @@ def test_empty_continuation_says_why_and_exits_5(tmp_path):
     result = improvd("--config", config, "--seed-file", EXAMPLE, "--output-file", out)
     assert_one_line_error(result, 5, "empty continuation", "ports.input_channels = [5]")
     assert not out.exists()
+
+
+def test_cuda_that_cannot_start_exits_3_saying_why(tmp_path):
+    result = improvd("--device", "cuda", "--seed-file", EXAMPLE, "--output-file", tmp_path / "o.mid")
+    if result.returncode == 0:
+        pytest.skip("CUDA really starts here")
+    assert_one_line_error(result, 3, "device 'cuda' requested but unavailable: ")
+    assert not (tmp_path / "o.mid").exists()
+
+
+def test_seed_file_answer_is_chosen_among_candidates_reproducibly_by_seed(tmp_path):
+    def answer(k, name):
+        out = tmp_path / name
+        result = improvd("--seed-file", EXAMPLE, "--output-file", out, "--candidates", k, "--seed", "3",
+                         "--weights", "register=0.5")
+        assert result.returncode == 0, result.stderr
+        return vocab.midi_to_notes(mido.MidiFile(out), track=1)
+
+    chosen, again, sampled = answer(8, "a.mid"), answer(8, "b.mid"), answer(1, "c.mid")
+    assert chosen and chosen == again
+    assert chosen != sampled
+    assert chosen[0].start == pytest.approx(sampled[0].start, abs=0.02)  # both on the silence deadline
