@@ -26,6 +26,7 @@ import rtmidi
 
 from improvd import ports as ports_module
 from improvd.errors import PortError
+from tests.midi_peer import PHRASE
 
 if TYPE_CHECKING:
     from tests.conftest import Jack
@@ -42,9 +43,6 @@ MAX_ANSWER_S = 1.5
 PITCH_LOW, PITCH_HIGH = 36, 96
 OUT_CHANNEL = 0  # ports.output_channel = 1
 TICK_S = 0.010  # the vocabulary's time grid: every generated event is due on it
-# C major arpeggio up and down: (onset s, length s, pitch), about half a second long.
-PHRASE = [(0.00, 0.07, 60), (0.08, 0.07, 64), (0.16, 0.07, 67), (0.24, 0.07, 72), (0.32, 0.07, 67),
-          (0.40, 0.10, 64)]
 
 # ---- helpers: config, daemon, player, receiver ---------------------------------------------
 
@@ -150,42 +148,19 @@ def daemon(jack: Jack, tmp_path: Path, *args: str, ready: bool = True,
         process.kill()
 
 
-class Receiver:
-    """A virtual JACK input in this process (like a synth), recording what arrives.
+class Recording:
+    """What a receiving peer got: (arrival time, message), and the questions tests ask of it."""
 
-    It reads rtmidi's queue from a thread of its own instead of taking a Python callback:
-    a callback runs in JACK's process thread and must take the GIL there, and a cycle
-    that overruns while it waits lets the next cycle rewrite the MIDI buffers it is still
-    reading (measured here under load: repeated and lost events at the receiver, which
-    would be blamed on improvd)."""
-
-    POLL_S = 0.0005
-
-    def __init__(self, jack: Jack, client: str | None = None, port: str = "midi in") -> None:
-        self.client = client or unique("synth")
+    def __init__(self, jack: Jack, client: str) -> None:
+        self.client = client
         self.jack = jack
         self.xruns_before = jack.xruns()
         self.events: list[tuple[float, mido.Message]] = []
         self.changed = threading.Condition()
-        self.rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=self.client, queue_size_limit=8192)
-        self.rt.ignore_types(sysex=False, timing=False, active_sense=True)
-        self.rt.open_virtual_port(port)
-        self.running = True
-        self.reader = threading.Thread(target=self._read, name=f"receiver {self.client}", daemon=True)
-        self.reader.start()
-        self.name = jack.wait_port_of(self.client, port)
 
-    def _read(self) -> None:
-        while self.running:
-            event = self.rt.get_message()
-            if event is None:
-                time.sleep(self.POLL_S)
-                continue
-            self._receive(mido.Message.from_bytes(event[0]))
-
-    def _receive(self, message: mido.Message) -> None:
+    def _receive(self, message: mido.Message, at: float | None = None) -> None:
         with self.changed:
-            self.events.append((time.monotonic(), message))
+            self.events.append((time.monotonic() if at is None else at, message))
             self.changed.notify_all()
 
     def wait_for(self, condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -239,6 +214,36 @@ class Receiver:
         return (f"{len(self.events)} messages, sounding {sorted(self.sounding())}, "
                 f"JACK overran {xruns} cycles meanwhile"
                 + "".join(f"\n  {line}" for line in shown))
+
+
+class Receiver(Recording):
+    """A virtual JACK input in this process (like a synth), recording what arrives.
+
+    It reads rtmidi's queue from a thread of its own instead of taking a Python callback:
+    a callback runs in JACK's process thread and must take the GIL there, and a cycle
+    that overruns while it waits lets the next cycle rewrite the MIDI buffers it is still
+    reading (measured here under load: repeated and lost events at the receiver, which
+    would be blamed on improvd)."""
+
+    POLL_S = 0.0005
+
+    def __init__(self, jack: Jack, client: str | None = None, port: str = "midi in") -> None:
+        super().__init__(jack, client or unique("synth"))
+        self.rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=self.client, queue_size_limit=8192)
+        self.rt.ignore_types(sysex=False, timing=False, active_sense=True)
+        self.rt.open_virtual_port(port)
+        self.running = True
+        self.reader = threading.Thread(target=self._read, name=f"receiver {self.client}", daemon=True)
+        self.reader.start()
+        self.name = jack.wait_port_of(self.client, port)
+
+    def _read(self) -> None:
+        while self.running:
+            event = self.rt.get_message()
+            if event is None:
+                time.sleep(self.POLL_S)
+                continue
+            self._receive(mido.Message.from_bytes(event[0]))
 
     def close(self) -> None:
         self.running = False
