@@ -5,9 +5,9 @@ start another under the same name.
     python -m tests.midi_peer player CLIENT PORT     # stdin "play": the phrase; prints "played T"
     python -m tests.midi_peer receiver CLIENT PORT   # prints "T HEX" for every message
 
-It waits for a line "open" on stdin before it makes its JACK client, so that a test can
-start it ahead (Python takes a while to start on a loaded machine) and time the absence
-itself; then it prints "ready". T is time.monotonic(), the same clock as the test's.
+It prints "waiting", then waits for a line "open" on stdin before it makes its JACK
+client, so that a test can start it ahead (Python takes a while to start on a loaded
+machine) and time the absence itself; then it prints "ready". T is time.monotonic(), the same clock as the test's.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def receiver(client: str, port: str) -> None:
 
 def main() -> None:
     role, client, port = sys.argv[1:4]
+    say("waiting")
     if sys.stdin.readline().strip() != "open":
         return
     {"player": player, "receiver": receiver}[role](client, port)
