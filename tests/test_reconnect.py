@@ -17,12 +17,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mido
 import pytest
 
-from tests.conftest import _stop_with_parent
+from tests.conftest import Jack, _stop_with_parent, free_server_name, start_server, stop_server
 from tests.test_ports import (
     MAX_ANSWER_S,
     ROOT,
@@ -34,9 +33,6 @@ from tests.test_ports import (
     daemon,
     unique,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import Jack
 
 PEER_START_S = 20.0  # a fresh Python on a loaded machine
 RECONNECT_S = 1.0  # the shipped default: a quick return falls well inside one check interval
@@ -293,3 +289,39 @@ def test_random_kills_and_restarts_of_both_peers(jack: Jack, tmp_path: Path) -> 
         assert len(cycles) >= 10, cycles
         settled = rss[len(rss) // 4]
         assert rss[-1] - settled <= RSS_GROWTH_KB, f"RSS grew from {settled} to {rss[-1]} kB over {cycles}"
+
+
+# ---- the JACK server itself -----------------------------------------------------------------
+
+
+def test_a_jack_server_restart_ends_with_improvd_on_the_new_server(jack: Jack, tmp_path: Path) -> None:
+    """Issue 10, (3): a private server is stopped and started again under a running improvd
+    (virtual ports, as shipped). It must never run on without ports: once the server is
+    back, its ports are there again within a check interval and it answers through them."""
+    env = dict(jack.env)
+    server = free_server_name(env)
+    own = Jack(server, jack.period_frames, jack.rate, dict(env, JACK_DEFAULT_SERVER=server))
+    log_path = tmp_path / "jackd.log"
+    process = start_server(server, env, log_path)
+    try:
+        with daemon(own, tmp_path, ports={"reconnect_s": 0.2}) as improvd:
+            ours = {f"{n}:{n}" for n in (improvd.in_name, improvd.out_name)}
+            assert ours <= set(own.ports())
+            stop_server(process)
+            time.sleep(1.0)
+            assert improvd.process.poll() is None, improvd.log()
+            process = start_server(server, env, log_path)
+            back = time.monotonic()
+            while not ours <= set(own.ports()):
+                assert improvd.process.poll() is None, f"improvd exited:\n{improvd.log()}"
+                assert time.monotonic() - back < CONNECT_WITHIN_S, f"no ports on the new server:\n{improvd.log()}"
+                time.sleep(0.02)
+            player, synth = PlayerProcess(own, unique("keys")), ReceiverProcess(own, unique("synth"))
+            player.open()
+            synth.open()
+            own.connect(player.name, f"{improvd.in_name}:{improvd.in_name}")
+            own.connect(f"{improvd.out_name}:{improvd.out_name}", synth.name)
+            answer_after(synth, player.play(), "an answer on the new server")
+            assert improvd.stop() == 0
+    finally:
+        stop_server(process)
