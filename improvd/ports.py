@@ -11,9 +11,9 @@ measured over JACK:
 - every rtmidi object is a JACK (or ALSA) client of its own: mido's name listing creates
   and destroys two clients per call (about 20 ms each on JACK), which would stall the
   daemon's loop at every reconnect check, and each extra client is one more thread JACK
-  must wake every period. Here each port lists its candidates, watches its peer and
-  reopens through the one client that carries it, kept for the life of the port: improvd
-  is exactly two JACK clients, and a listing costs microseconds.
+  must wake every period. Here each port lists its candidates through the one client that
+  carries it, kept for the life of the port: improvd is two MIDI clients (on JACK, plus
+  the port-less watcher of improvd.jackgraph), and a listing costs microseconds.
 - python-rtmidi's default API stays ALSA even where only JACK runs; ``api = "auto"``
   here tries each compiled API in turn and keeps the first that starts.
 

@@ -202,15 +202,15 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
         stop_server(process)
 
 
-def free_server_name(env: dict[str, str]) -> str:
+def free_server_name(env: dict[str, str], names: list[str] = SERVER_NAMES) -> str:
     """The first of SERVER_NAMES no running server answers to. JACK keeps at most 8 servers
     in its registry, and a server that is killed keeps its slot until one of the same name
     starts: so a few fixed names, never one per run, and jackd is told to stop (cleanly,
     releasing its slot) if this process dies first."""
-    for server in SERVER_NAMES:
+    for server in names:
         if not _answers(dict(env, JACK_DEFAULT_SERVER=server)):
             return server
-    not_available(f"every test JACK server name is taken ({', '.join(SERVER_NAMES)})")
+    not_available(f"every test JACK server name is taken ({', '.join(names)})")
     raise AssertionError("unreachable")
 
 

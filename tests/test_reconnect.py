@@ -22,6 +22,7 @@ import mido
 import pytest
 
 from tests.conftest import Jack, _stop_with_parent, free_server_name, start_server, stop_server
+from tests.service_helpers import NotifySocket
 from tests.test_ports import (
     MAX_ANSWER_S,
     ROOT,
@@ -296,11 +297,15 @@ def test_random_kills_and_restarts_of_both_peers(jack: Jack, tmp_path: Path) -> 
 
 def test_a_jack_server_restart_ends_with_improvd_on_the_new_server(jack: Jack, tmp_path: Path) -> None:
     """Issue 10, (3): a private server is stopped and started again under a running improvd
-    (virtual ports, as shipped). It must never run on without ports: once the server is
-    back, its ports are there again within a check interval and it answers through them."""
+    (virtual ports, as shipped). improvd tells systemd it is waiting, and never runs on
+    without ports: once the server is back, its ports are there again within a check
+    interval and it answers through them."""
     env = dict(jack.env)
-    server = free_server_name(env)
-    own = Jack(server, jack.period_frames, jack.rate, dict(env, JACK_DEFAULT_SERVER=server))
+    # Its own names: while it is down, another test session must not take its name.
+    server = free_server_name(env, [f"improvd-restart-{i}" for i in range(4)])
+    systemd = NotifySocket(tmp_path / "notify.sock")
+    own = Jack(server, jack.period_frames, jack.rate,
+               dict(env, JACK_DEFAULT_SERVER=server, NOTIFY_SOCKET=str(systemd.path)))
     log_path = tmp_path / "jackd.log"
     process = start_server(server, env, log_path)
     try:
@@ -308,6 +313,7 @@ def test_a_jack_server_restart_ends_with_improvd_on_the_new_server(jack: Jack, t
             ours = {f"{n}:{n}" for n in (improvd.in_name, improvd.out_name)}
             assert ours <= set(own.ports())
             stop_server(process)
+            systemd.wait_for("STATUS", contains="JACK server gone", timeout=5)  # noticed and said
             time.sleep(1.0)
             assert improvd.process.poll() is None, improvd.log()
             process = start_server(server, env, log_path)
@@ -321,7 +327,11 @@ def test_a_jack_server_restart_ends_with_improvd_on_the_new_server(jack: Jack, t
             synth.open()
             own.connect(player.name, f"{improvd.in_name}:{improvd.in_name}")
             own.connect(f"{improvd.out_name}:{improvd.out_name}", synth.name)
-            answer_after(synth, player.play(), "an answer on the new server")
+            try:
+                answer_after(synth, player.play(), "an answer on the new server")
+            except AssertionError as err:
+                raise AssertionError(f"{err}\nimprovd's log:\n{improvd.log()}") from None
             assert improvd.stop() == 0
     finally:
         stop_server(process)
+        systemd.close()
