@@ -23,10 +23,10 @@ from improvd import engine as engine_module
 from improvd import sampler as sampler_module
 from improvd.config import Config, load_config
 from improvd.engine import Engine, Reply, Timed
-from improvd.errors import ImprovdError
+from improvd.errors import ImprovdError, PortError
 from improvd.model import StepModel
 from improvd.notify import Notifier
-from improvd.ports import InputPort, OutputPort, backend
+from improvd.ports import InputPort, Midi, OutputPort, backend
 from improvd.scheduler import Scheduler, all_notes_off, raise_priority
 from improvd.seed import read_seed
 from improvd.telemetry import Telemetry
@@ -138,6 +138,8 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.input: InputPort | None = None
         self.output: OutputPort | None = None
+        self.midi: Midi | None = None
+        self.server_lost_at: float | None = None  # since when the MIDI server has been gone
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -188,6 +190,8 @@ class Daemon:
             for port in (self.input, self.output):
                 if port is not None:
                     port.close()
+            if self.midi is not None:
+                self.midi.close()
             if self.scheduler is not None:
                 log.info("stopped: %s", self.telemetry_line())
             self.notifier.close()
@@ -195,7 +199,7 @@ class Daemon:
 
     def _open_ports(self) -> None:
         p = self.config.ports
-        midi = backend(p.api)
+        self.midi = midi = backend(p.api)
         self.output = OutputPort(midi, p.output or p.virtual_output, virtual=not p.output,
                                  local_name=p.virtual_output)
         self.output.open()
@@ -251,7 +255,7 @@ class Daemon:
                 if now >= next_status:
                     self.notifier.status(self.status())
                     next_status = now + min(STATUS_INTERVAL_S, watchdog_every or STATUS_INTERVAL_S)
-            if now >= next_port_check:
+            if now >= next_port_check or self.midi.changed:
                 self._check_ports()
                 next_port_check = now + self.config.ports.reconnect_s
             if now >= next_report or self.report_requested.is_set():
@@ -275,24 +279,74 @@ class Daemon:
         self.last_choice = choice
 
     def _check_ports(self) -> None:
-        """Follow ports that vanish and come back. When the output's peer goes, the answer
-        is stopped and the notes forgotten while nothing can hear them (the release goes
-        nowhere), so the peer that comes back gets all-notes-off and no stray NOTE_OFF."""
-        was_open = self.output.port is not None
-        input_was_open = self.input.port is not None
-        self.output.check()
-        self.input.check()
-        if input_was_open and self.input.port is None:
+        """Follow peers that go and come back, and the MIDI server itself. When the output's
+        peer goes, the answer is stopped and the notes forgotten while nothing can hear them
+        (the release goes nowhere), so the peer that comes back gets all-notes-off and no
+        stray NOTE_OFF. A lost player's held keys are released."""
+        self.midi.ports_checked()
+        if self.server_lost_at is not None:
+            self._recreate_ports()
+            return
+        lost = self.midi.server_lost()
+        if lost is not None:
+            self._server_lost(*lost)
+            return
+        output_lost, output_back = self.output.check()
+        input_lost, _ = self.input.check()
+        if input_lost:
             self.scheduler.submit(self.engine.release_player(time.monotonic()))
-        if was_open and self.output.port is None:
-            self.scheduler.submit(self.engine.panic(time.monotonic()))
-            self.scheduler.release_all()
-        elif self.output.port is not None and not was_open:
-            try:
-                for message in all_notes_off():
-                    self.output.send(message)
-            except ImprovdError as err:  # gone again already: the next check sees it
-                log.warning("output port: %s", err)
+        if output_lost:
+            self._silence()
+        if output_back:
+            self._all_notes_off()
+
+    def _silence(self) -> None:
+        """Stop the answer and forget its notes: nothing can hear their release."""
+        self.scheduler.submit(self.engine.panic(time.monotonic()))
+        self.scheduler.release_all()
+
+    def _all_notes_off(self) -> None:
+        try:
+            for message in all_notes_off():
+                self.output.send(message)
+        except ImprovdError as err:  # gone again already: the next check sees it
+            log.warning("output port: %s", err)
+
+    def _server_lost(self, since: float, reason: str) -> None:
+        """JACK went away (its shutdown callback said so) and took our clients and ports
+        with it: release everything, close what is left, and wait for it to come back.
+        Waiting, not exiting 4: on a desktop JACK (or PipeWire) restarts are routine, and
+        the engine's state, the model and the seed survive; systemd sees the STATUS."""
+        self.server_lost_at = since
+        log.error("the JACK server went away (%s); waiting for it to come back to recreate our ports",
+                  reason.strip() or "no reason given")
+        for port in (self.input, self.output):
+            port.drop(since)
+        self.midi.close()
+        self.scheduler.submit(self.engine.release_player(time.monotonic()))
+        self._silence()
+        self.notifier.status(self.status())
+
+    def _recreate_ports(self) -> None:
+        """Called every ``ports.reconnect_s`` while the server is away: once it answers,
+        our clients and ports are made anew (peers by name are connected when they exist)."""
+        try:
+            self.midi.start()
+            for port in (self.output, self.input):
+                port.open(wait=True)
+        except PortError as err:
+            log.debug("JACK server not back yet: %s", err)
+            for port in (self.input, self.output):
+                port.drop(self.server_lost_at)
+            self.midi.close()
+            return
+        away = time.monotonic() - self.server_lost_at
+        self.server_lost_at = None
+        log.warning("the JACK server is back after %.2f s away; ports recreated: in %s, out %s",
+                    away, self.input, self.output)
+        if self.output.connected:
+            self._all_notes_off()
+        self.notifier.status(self.status())
 
     def reload(self) -> None:
         """SIGHUP: new config and model without closing the ports; a bad one is refused and
@@ -324,7 +378,9 @@ class Daemon:
 
     def status(self) -> str:
         engine = self.engine
-        parts = [f"mode {engine.settings.mode if engine else self.config.engine.mode}",
+        waiting = [f"JACK server gone for {time.monotonic() - self.server_lost_at:.0f} s, waiting for it"
+                   ] if self.server_lost_at is not None else []
+        parts = waiting + [f"mode {engine.settings.mode if engine else self.config.engine.mode}",
                  f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
         if engine is not None and engine.clock_bpm:
             parts.append(f"clock {engine.clock_bpm:.0f} bpm")

@@ -11,14 +11,23 @@ measured over JACK:
 - every rtmidi object is a JACK (or ALSA) client of its own: mido's name listing creates
   and destroys two clients per call (about 20 ms each on JACK), which would stall the
   daemon's loop at every reconnect check, and each extra client is one more thread JACK
-  must wake every period. Here each port lists its candidates, watches its peer and
-  reopens through the one client that carries it, kept for the life of the port: improvd
-  is exactly two JACK clients, and a listing costs microseconds.
+  must wake every period. Here each port lists its candidates through the one client that
+  carries it, kept for the life of the port: improvd is two MIDI clients (on JACK, plus
+  the port-less watcher of improvd.jackgraph), and a listing costs microseconds.
 - python-rtmidi's default API stays ALSA even where only JACK runs; ``api = "auto"``
   here tries each compiled API in turn and keeps the first that starts.
 
 Ports of this process are left out of every listing, so that a substring can never
 connect improvd to itself.
+
+Peers that go and come back. On JACK each port of ours is registered once and stays (a
+virtual rtmidi port), and its connection to the peer is made and watched through JACK
+itself (improvd.jackgraph): a peer that dies drops the connection, JACK says so at once, and
+the connection is made again as soon as a port by the wanted name exists, however quickly
+it came back. Nothing is closed and reopened, so rtmidi's input callback stays in place.
+Elsewhere (ALSA) the peer is followed by its listed name, which carries the ALSA client
+number, and the port is closed and reopened; rtmidi's ``close_port`` also cancels the
+input callback, so it is set again after every open.
 """
 
 from __future__ import annotations
@@ -27,16 +36,20 @@ import abc
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import mido
 import rtmidi
 
 from improvd.errors import PortError
+
+if TYPE_CHECKING:
+    from improvd.jackgraph import JackGraph
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +110,32 @@ class Midi:
         self.api = api
         self.rtapi = rtapi
         self.own: set[str] = set()  # client = port names of our ports
+        self.graph: JackGraph | None = None
+        if api == "jack":
+            self.start()
+
+    def start(self) -> None:
+        """(JACK) Watch the graph; PortError while no server answers."""
+        from improvd.jackgraph import JackGraph  # loads libjack: only where JACK is used
+
+        with _quiet_c_stderr():
+            self.graph = JackGraph()
+
+    @property
+    def changed(self) -> bool:
+        """Whether JACK reported a change in the graph since the last ``ports_checked``."""
+        return self.graph is not None and self.graph.changed.is_set()
+
+    def ports_checked(self) -> None:
+        if self.graph is not None:
+            self.graph.changed.clear()
+
+    def server_lost(self) -> tuple[float, str] | None:
+        """(when, JACK's reason) once the JACK server has gone away, else None."""
+        graph = self.graph
+        if graph is None or graph.alive:
+            return None
+        return graph.shutdown_at, graph.shutdown_reason
 
     def mine(self, name: str) -> bool:
         """Whether a listed port ("client:port", ALSA adds " 128:0") is one of ours; JACK
@@ -123,7 +162,10 @@ class Midi:
             scan_out.delete()
 
     def close(self) -> None:
-        """Nothing to release: kept for callers that close what ``backend`` returns."""
+        """Stop watching the graph (after the ports that use it are closed)."""
+        graph, self.graph = self.graph, None
+        if graph is not None:
+            graph.close()
 
 
 def backend(api: str) -> Midi:
@@ -184,7 +226,7 @@ class Port(abc.ABC):
     """One MIDI port of ours: virtual (others connect to it), or connected to an existing
     port found by substring. Either way it is one MIDI client of its own, named ``local``
     (on JACK the port reads ``local:local``), kept for the life of the port: it lists the
-    candidates, watches the peer and reopens it, so that no other client comes and goes.
+    candidates, watches the peer and reconnects it, so that no other client comes and goes.
     Subclasses make the rtmidi object and name the direction."""
 
     direction = ""
@@ -197,11 +239,17 @@ class Port(abc.ABC):
         self.name = name  # the virtual port's name, or the peer's full name once found
         self.rt: rtmidi.MidiIn | rtmidi.MidiOut | None = None  # the client, open or not
         self.port: rtmidi.MidiIn | rtmidi.MidiOut | None = None  # the client while its port is open
+        self.own_name = ""  # (JACK) our port's full name, "local:local" or "local-01:local"
+        self.peer: str | None = None  # the peer while we are connected to it
+        self.away_since: float | None = None  # since when the peer has been away
         self.lock = threading.Lock()
 
     @abc.abstractmethod
     def _create(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
         """The rtmidi client object for this direction, named ``self.local``."""
+
+    def _opening(self, rt: rtmidi.MidiIn | rtmidi.MidiOut) -> None:  # noqa: B027 - only inputs need it
+        """Called just before a port of ``rt`` opens."""
 
     def _client(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
         if self.rt is None:
@@ -211,6 +259,11 @@ class Port(abc.ABC):
                 raise PortError(f"cannot open MIDI {self.direction} {self.wanted!r}: {err}") from err
             self.midi.own.add(self.local)
         return self.rt
+
+    @property
+    def connected(self) -> bool:
+        """Whether what is sent reaches the peer (a virtual port: whoever connected to it)."""
+        return self.port is not None and (self.virtual or self.peer is not None)
 
     def candidates(self) -> list[str]:
         """The ports this one could connect to now (other programs' ports only)."""
@@ -223,10 +276,18 @@ class Port(abc.ABC):
             return self.wanted
         return find_port(self.wanted, self.candidates(), self.direction)
 
-    def open(self) -> None:
+    def open(self, wait: bool = False) -> None:
+        """Open the port and connect it to its peer. With ``wait``, a peer that is not
+        there yet is waited for (``check`` connects it) instead of being an error."""
         rt = self._client()
-        self.name = self.resolve()
         try:
+            if self.midi.graph is not None:
+                self._register(rt)
+                if not self.virtual:
+                    self._join()
+                return
+            self.name = self.resolve()
+            self._opening(rt)
             with self.lock:
                 if self.virtual:
                     rt.open_virtual_port(self.local)
@@ -236,15 +297,39 @@ class Port(abc.ABC):
                         raise PortError(f"MIDI {self.direction} port {self.name!r} went away while opening it")
                     rt.open_port(peers.index(self.name), name=self.local)
                 self.port = rt
+            self.peer = self.name
+        except PortError:
+            if wait and self.port is not None:
+                self.away_since = self.away_since or time.monotonic()
+                return
+            self._drop_client()
+            raise
         except Exception as err:
             self._drop_client()  # a client that failed (say, its server went) is made anew next time
-            if isinstance(err, PortError):
-                raise
             raise PortError(f"cannot open MIDI {self.direction} {self.name!r}: {err}") from err
+
+    def _register(self, rt: rtmidi.MidiIn | rtmidi.MidiOut) -> None:
+        """(JACK) Our port, registered for good: ``local:local``, or as JACK renamed it."""
+        pattern = f"^{re.escape(self.local)}(-[0-9]+)?:{re.escape(self.local)}$"
+        before = set(self.midi.graph.ports(pattern))
+        self._opening(rt)
+        with self.lock:
+            rt.open_virtual_port(self.local)
+            self.port = rt
+        new = set(self.midi.graph.ports(pattern)) - before
+        self.own_name = new.pop() if len(new) == 1 else f"{self.local}:{self.local}"
+        self.midi.graph.watched.add(self.own_name)
+
+    def _join(self) -> None:
+        """(JACK) Connect our port to the peer found by name."""
+        name = self.resolve()
+        ends = (name, self.own_name) if self.direction == "input" else (self.own_name, name)
+        self.midi.graph.connect(*ends)
+        self.name = self.peer = name
 
     def _close_port(self) -> None:
         with self.lock:
-            rt, self.port = self.port, None
+            rt, self.port, self.peer = self.port, None, None
             if rt is not None:
                 try:
                     rt.close_port()  # rtmidi first delivers what is still queued
@@ -253,7 +338,7 @@ class Port(abc.ABC):
 
     def _drop_client(self) -> None:
         with self.lock:
-            rt, self.rt, self.port = self.rt, None, None
+            rt, self.rt, self.port, self.peer = self.rt, None, None, None
         if rt is not None:
             rt.delete()
 
@@ -267,6 +352,12 @@ class Port(abc.ABC):
         self._close_port()
         self._drop_client()
 
+    def drop(self, since: float) -> None:
+        """The MIDI server went away at ``since`` and took the port with it: close what is
+        left; the peer counts as away from then on."""
+        self.close()
+        self.away_since = since
+
     def present(self) -> bool:
         """Whether the port we are connected to still exists (virtual ports always do)."""
         if self.virtual:
@@ -276,18 +367,46 @@ class Port(abc.ABC):
         except PortError:
             return False
 
-    def check(self) -> None:
-        """Close a port whose peer vanished; reopen it when the peer is back (found by the
-        same substring). Called periodically; costs one port listing."""
+    def check(self) -> tuple[bool, bool]:
+        """Follow the peer: (lost, back). Lost: it went away since the last check (its
+        connection broke, or its name is gone). Back: it is connected again. Both at once
+        when it went and came back between two checks. Cheap: one port listing."""
+        if self.virtual:
+            return False, False
+        graph = self.midi.graph
+        if graph is not None:  # JACK: by the connection itself
+            lost = self.peer is not None and not graph.connected(self.own_name, self.peer)
+            since = graph.disconnected.pop(self.own_name, None)
+            if lost:
+                self._lost(since or time.monotonic())
+            if self.peer is None:
+                try:
+                    self._join()
+                except PortError:
+                    return lost, False
+                return lost, self._back()
+            return lost, False
         if self.port is not None and not self.present():
-            log.warning("%s port %r went away; waiting for it to come back", self.direction, self.name)
             self._close_port()
-        elif self.port is None:
+            self._lost(time.monotonic())
+            return True, False
+        if self.port is None:
             try:
                 self.open()
             except PortError:
-                return
-            log.warning("%s port %r is back and reopened", self.direction, self.name)
+                return False, False
+            return False, self._back()
+        return False, False
+
+    def _lost(self, since: float) -> None:
+        self.peer, self.away_since = None, since
+        log.warning("%s port %r went away; waiting for it to come back", self.direction, self.name)
+
+    def _back(self) -> bool:
+        away = time.monotonic() - (self.away_since or time.monotonic())
+        self.away_since = None
+        log.warning("%s port %r is back after %.2f s away; reconnected", self.direction, self.name, away)
+        return True
 
     def __str__(self) -> str:
         return f"{self.name!r}{' (virtual)' if self.virtual else f' (as {self.local!r})'}"
@@ -307,6 +426,11 @@ class InputPort(Port):
         rt.ignore_types(sysex=False, timing=False, active_sense=True)
         rt.set_callback(self._receive)  # before any port opens: nothing waits in rtmidi's queue
         return rt
+
+    def _opening(self, rt: rtmidi.MidiIn) -> None:
+        """Before every open: python-rtmidi's ``close_port`` cancels the callback, and a
+        reopened port would otherwise deliver nothing (issue 10)."""
+        rt.set_callback(self._receive)
 
     def _receive(self, event: tuple[list[int], float], _data: object = None) -> None:
         """rtmidi's callback (its own thread; on JACK the JACK process thread): parse and
@@ -332,7 +456,7 @@ class OutputPort(Port):
         """Send now; while the port is away this raises PortError (the scheduler counts
         it and goes on; on reconnect the daemon sends all-notes-off)."""
         with self.lock:
-            if self.port is None:
+            if not self.connected:
                 raise PortError(f"output port {self.name!r} is not connected")
             self.port.send_message(message.bytes())
 

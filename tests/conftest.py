@@ -182,26 +182,11 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
             not_available(f"JACK_DEFAULT_SERVER={given} is set but that JACK server does not answer")
         yield _describe(env, given)
         return
-    # JACK keeps at most 8 servers in its registry, and a server that is killed keeps its
-    # slot until one of the same name starts: so a few fixed names, never one per run, and
-    # jackd is told to stop (cleanly, releasing its slot) if this process dies first.
-    for server in SERVER_NAMES:
-        if not _answers(dict(env, JACK_DEFAULT_SERVER=server)):
-            break
-    else:
-        not_available(f"every test JACK server name is taken ({', '.join(SERVER_NAMES)})")
+    server = free_server_name(env)
     env["JACK_DEFAULT_SERVER"] = server
     log_path = Path(tmp_path_factory.mktemp("jack")) / "jackd.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(["jackd", "-n", server, *JACKD_ARGS], env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_stop_with_parent)
+    process = start_server(server, env, log_path)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(env):
-            if process.poll() is not None or time.monotonic() > deadline:
-                text = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-                not_available(f"jackd {' '.join(JACKD_ARGS)} did not start: " + " | ".join(text))
-            time.sleep(0.05)
         # Everything this session starts (rtmidi in this process, improvd, jack_* tools) uses it.
         saved = {key: os.environ.get(key) for key in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
         os.environ.update(JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1")
@@ -214,9 +199,41 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
                 else:
                     os.environ[key] = value
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
+
+
+def free_server_name(env: dict[str, str], names: list[str] = SERVER_NAMES) -> str:
+    """The first of SERVER_NAMES no running server answers to. JACK keeps at most 8 servers
+    in its registry, and a server that is killed keeps its slot until one of the same name
+    starts: so a few fixed names, never one per run, and jackd is told to stop (cleanly,
+    releasing its slot) if this process dies first."""
+    for server in names:
+        if not _answers(dict(env, JACK_DEFAULT_SERVER=server)):
+            return server
+    not_available(f"every test JACK server name is taken ({', '.join(names)})")
+    raise AssertionError("unreachable")
+
+
+def start_server(server: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``jackd -n server`` with JACKD_ARGS, once it answers (its output appended to log_path)."""
+    env = dict(env, JACK_DEFAULT_SERVER=server)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(["jackd", "-n", server, *JACKD_ARGS], env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_stop_with_parent)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _answers(env):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_server(process)
+            text = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            not_available(f"jackd {' '.join(JACKD_ARGS)} did not start: " + " | ".join(text))
+        time.sleep(0.05)
+    return process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -26,6 +26,7 @@ import rtmidi
 
 from improvd import ports as ports_module
 from improvd.errors import PortError
+from tests.midi_peer import PHRASE
 
 if TYPE_CHECKING:
     from tests.conftest import Jack
@@ -42,9 +43,6 @@ MAX_ANSWER_S = 1.5
 PITCH_LOW, PITCH_HIGH = 36, 96
 OUT_CHANNEL = 0  # ports.output_channel = 1
 TICK_S = 0.010  # the vocabulary's time grid: every generated event is due on it
-# C major arpeggio up and down: (onset s, length s, pitch), about half a second long.
-PHRASE = [(0.00, 0.07, 60), (0.08, 0.07, 64), (0.16, 0.07, 67), (0.24, 0.07, 72), (0.32, 0.07, 67),
-          (0.40, 0.10, 64)]
 
 # ---- helpers: config, daemon, player, receiver ---------------------------------------------
 
@@ -150,42 +148,19 @@ def daemon(jack: Jack, tmp_path: Path, *args: str, ready: bool = True,
         process.kill()
 
 
-class Receiver:
-    """A virtual JACK input in this process (like a synth), recording what arrives.
+class Recording:
+    """What a receiving peer got: (arrival time, message), and the questions tests ask of it."""
 
-    It reads rtmidi's queue from a thread of its own instead of taking a Python callback:
-    a callback runs in JACK's process thread and must take the GIL there, and a cycle
-    that overruns while it waits lets the next cycle rewrite the MIDI buffers it is still
-    reading (measured here under load: repeated and lost events at the receiver, which
-    would be blamed on improvd)."""
-
-    POLL_S = 0.0005
-
-    def __init__(self, jack: Jack, client: str | None = None, port: str = "midi in") -> None:
-        self.client = client or unique("synth")
+    def __init__(self, jack: Jack, client: str) -> None:
+        self.client = client
         self.jack = jack
         self.xruns_before = jack.xruns()
         self.events: list[tuple[float, mido.Message]] = []
         self.changed = threading.Condition()
-        self.rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=self.client, queue_size_limit=8192)
-        self.rt.ignore_types(sysex=False, timing=False, active_sense=True)
-        self.rt.open_virtual_port(port)
-        self.running = True
-        self.reader = threading.Thread(target=self._read, name=f"receiver {self.client}", daemon=True)
-        self.reader.start()
-        self.name = jack.wait_port_of(self.client, port)
 
-    def _read(self) -> None:
-        while self.running:
-            event = self.rt.get_message()
-            if event is None:
-                time.sleep(self.POLL_S)
-                continue
-            self._receive(mido.Message.from_bytes(event[0]))
-
-    def _receive(self, message: mido.Message) -> None:
+    def _receive(self, message: mido.Message, at: float | None = None) -> None:
         with self.changed:
-            self.events.append((time.monotonic(), message))
+            self.events.append((time.monotonic() if at is None else at, message))
             self.changed.notify_all()
 
     def wait_for(self, condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -239,6 +214,36 @@ class Receiver:
         return (f"{len(self.events)} messages, sounding {sorted(self.sounding())}, "
                 f"JACK overran {xruns} cycles meanwhile"
                 + "".join(f"\n  {line}" for line in shown))
+
+
+class Receiver(Recording):
+    """A virtual JACK input in this process (like a synth), recording what arrives.
+
+    It reads rtmidi's queue from a thread of its own instead of taking a Python callback:
+    a callback runs in JACK's process thread and must take the GIL there, and a cycle
+    that overruns while it waits lets the next cycle rewrite the MIDI buffers it is still
+    reading (measured here under load: repeated and lost events at the receiver, which
+    would be blamed on improvd)."""
+
+    POLL_S = 0.0005
+
+    def __init__(self, jack: Jack, client: str | None = None, port: str = "midi in") -> None:
+        super().__init__(jack, client or unique("synth"))
+        self.rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=self.client, queue_size_limit=8192)
+        self.rt.ignore_types(sysex=False, timing=False, active_sense=True)
+        self.rt.open_virtual_port(port)
+        self.running = True
+        self.reader = threading.Thread(target=self._read, name=f"receiver {self.client}", daemon=True)
+        self.reader.start()
+        self.name = jack.wait_port_of(self.client, port)
+
+    def _read(self) -> None:
+        while self.running:
+            event = self.rt.get_message()
+            if event is None:
+                time.sleep(self.POLL_S)
+                continue
+            self._receive(mido.Message.from_bytes(event[0]))
 
     def close(self) -> None:
         self.running = False
@@ -560,27 +565,35 @@ def test_unknown_port_name_exits_4_listing_the_real_ports(jack: Jack, tmp_path: 
                 jack.wait_port(improvd.in_name, gone=True)
 
 
-def test_output_peer_vanishing_and_returning_is_survived(jack: Jack, tmp_path: Path) -> None:
-    player = Player(jack)
-    synth = Receiver(jack)
-    client = synth.client
+def test_both_peers_vanishing_and_returning_is_survived(jack: Jack, tmp_path: Path) -> None:
+    """The keyboard and the synth, both named with --in/--out, quit in the middle of an
+    answer and come back under the same names: improvd connects to both again, the synth
+    gets all-notes-off first, and the next phrase from the returned keyboard is heard and
+    answered on the returned synth, complete. (Issue 10: this test used to make only the
+    synth go, and waited for improvd's log lines; the keyboard's return left improvd deaf.)"""
+    player, synth = Player(jack), Receiver(jack)
+    keys, client = player.client, synth.client
     long_answer = {"min_answer_s": 3.0, "max_answer_s": 3.0}
-    with closing(player), daemon(jack, tmp_path, "--out", client, engine=long_answer) as improvd:
-        port_in = jack.wait_port(improvd.in_name)
-        jack.connect(player.name, port_in)
+    with daemon(jack, tmp_path, "--in", keys, "--out", client, engine=long_answer) as improvd:
+        our_in, our_out = (f"{n}:{n}" for n in (improvd.in_name, improvd.out_name))
         player.play()
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
-        synth.close()  # the synth quits in the middle of the answer
-        improvd.wait_log(r"output port .* went away", timeout=5)
-        back = Receiver(jack, client)  # and comes back under the same name
-        with closing(back):
-            improvd.wait_log(r"output port .* is back and reopened", timeout=5)
+        synth.close()  # the synth and the keyboard quit in the middle of the answer
+        player.close()
+        jack.wait_port(synth.name.partition(":")[2], gone=True)
+        jack.wait_port(player.name.partition(":")[2], gone=True)
+        time.sleep(0.5)  # longer than ports.reconnect_s: a check sees them gone
+        back, player = Receiver(jack, client), Player(jack, keys)  # and come back under the same names
+        with closing(back, player):
+            deadline = time.monotonic() + 5
+            while not (our_in in jack.connections()[player.name] and our_out in jack.connections()[back.name]):
+                assert time.monotonic() < deadline, f"not reconnected: {jack.connections()}\n{improvd.log()}"
+                time.sleep(0.02)
             back.wait_for(lambda: back.all_notes_off_channels() == set(range(16)), 5, "all-notes-off")
             assert improvd.process.poll() is None
-            assert jack.connections()[back.name] == [f"{improvd.out_name}:{improvd.out_name}"]
             start = time.monotonic()
             player.play()
-            back.wait_for(lambda: back.note_ons(start), 5, "an answer on the returned port")
+            back.wait_for(lambda: back.note_ons(start), 5, "an answer from the returned keyboard on the returned synth")
             back.wait_for(lambda: time.monotonic() > back.note_ons(start)[0][0] + 3.0 and not back.sounding(), 8,
                           "the answer's end")
             assert_well_formed(back.notes(), "answers to the returned synth", back)  # no stray NOTE_OFF
