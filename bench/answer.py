@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from improvd.config import PROJECT_ROOT, Config
+from improvd.config import Config
 from improvd.daemon import build_engine
 from improvd.errors import ModelError
 from improvd.model import StepModel
 from improvd.seed import read_seed
 
+ROOT = Path(__file__).resolve().parent.parent
 OUT = "bench/results/answer.json"
 LENGTHS = (2.0, 4.0, 8.0)  # seconds of answer
 CPU_KS = (1, 8, 32)
@@ -76,9 +77,9 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Config().model.path)
-    parser.add_argument("--motif", type=Path, default=PROJECT_ROOT / "examples" / "motif.mid")
+    parser.add_argument("--motif", type=Path, default=ROOT / "examples" / "motif.mid")
     parser.add_argument("--reps", type=int, default=REPS)
-    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / OUT)
+    parser.add_argument("--out", type=Path, default=ROOT / OUT)
     args = parser.parse_args()
     config = replace(Config(), model=replace(Config().model, path=args.model))
     seed = read_seed(args.motif)

@@ -40,6 +40,8 @@ STATUS_INTERVAL_S = 5.0  # STATUS= for `systemctl status`, resent only when it c
 RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
 INPUT_BATCH = 32  # input messages folded between two generation polls
 MAX_LAG_S = 0.1  # a queued new note older than this is dropped
+STUCK_XRUNS = 10  # overruns, just after our clients were made on a returned JACK server, that mean they are stuck
+STUCK_WINDOW_S = 3.0  # how long after that they are watched for it
 SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms GIL slice would make the scheduler late
 
 
@@ -140,6 +142,7 @@ class Daemon:
         self.output: OutputPort | None = None
         self.midi: Midi | None = None
         self.server_lost_at: float | None = None  # since when the MIDI server has been gone
+        self.recreated: tuple[float, int] | None = None  # (when, JACK's xrun count then) after a server return
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -291,6 +294,8 @@ class Daemon:
         if lost is not None:
             self._server_lost(*lost)
             return
+        if self.recreated is not None and self._recreated_clients_stuck():
+            return
         output_lost, output_back = self.output.check()
         input_lost, _ = self.input.check()
         if input_lost:
@@ -341,12 +346,32 @@ class Daemon:
             self.midi.close()
             return
         away = time.monotonic() - self.server_lost_at
+        self.recreated = (time.monotonic(), self.midi.graph.xruns)
         self.server_lost_at = None
         log.warning("the JACK server is back after %.2f s away; ports recreated: in %s, out %s",
                     away, self.input, self.output)
         if self.output.connected:
             self._all_notes_off()
         self.notifier.status(self.status())
+
+    def _recreated_clients_stuck(self) -> bool:
+        """A JACK server that has just come back sometimes never wakes a client made at once
+        (jackd reports it "not finished" every cycle, and it hears and sends nothing): while
+        JACK reports overruns in a row just after our clients were made, make them anew."""
+        since, xruns_then = self.recreated
+        xruns = self.midi.graph.xruns - xruns_then
+        if xruns >= STUCK_XRUNS:
+            log.warning("JACK has not run our new clients (%d overruns in %.2f s); making them again",
+                        xruns, time.monotonic() - since)
+            self.recreated = None
+            for port in (self.input, self.output):
+                port.drop(self.server_lost_at or since)
+            self.midi.close()
+            self.server_lost_at = since
+            return True
+        if time.monotonic() - since > STUCK_WINDOW_S:
+            self.recreated = None
+        return False
 
     def reload(self) -> None:
         """SIGHUP: new config and model without closing the ports; a bad one is refused and

@@ -37,6 +37,7 @@ class JackGraph:
         self.disconnected: dict[str, float] = {}  # our port -> when it last lost a connection
         self.shutdown_at: float | None = None
         self.shutdown_reason = ""
+        self.xruns = 0  # cycles in which some client did not finish in time, as JACK reports them
         try:
             self.client = jack.Client(name, no_start_server=True)
         except jack.JackError as err:
@@ -44,6 +45,7 @@ class JackGraph:
         self.client.set_port_registration_callback(self._registered)
         self.client.set_port_connect_callback(self._connected)
         self.client.set_shutdown_callback(self._shutdown)
+        self.client.set_xrun_callback(self._xrun)
         self.client.activate()  # callbacks reach active clients only
 
     # ---- JACK's notification thread: note and wake, nothing else ----------------------------
@@ -58,6 +60,9 @@ class JackGraph:
                 if name in self.watched:
                     self.disconnected[name] = now
         self.changed.set()
+
+    def _xrun(self, delay_usecs: float) -> None:
+        self.xruns += 1
 
     def _shutdown(self, status: jack.Status, reason: str) -> None:
         self.shutdown_at = time.monotonic()

@@ -126,6 +126,32 @@ def test_tf_distribute_strategies_train_and_resume(pipeline, tmp_path, strategy,
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header + both epochs
 
 
+def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
+    """Fine-tuning a shipped model (whose checkpoint is gone) starts from its .onnx: the
+    int8 weights, dequantized, give the Keras model the exported model's predictions."""
+    from training.train import build_model, load_exported_weights
+
+    tokens = np.concatenate(load_split(pipeline.data, "test"))[:48]
+    session = onnxruntime.InferenceSession(str(pipeline.onnx), providers=["CPUExecutionProvider"])
+    h = np.zeros((LAYERS, 1, UNITS), np.float32)
+    c = np.zeros_like(h)
+    streamed = []
+    for token in tokens:
+        logits, h, c = session.run(None, {"token": np.array([token], np.int32), "h": h, "c": c})
+        streamed.append(logits[0])
+    model = build_model(LAYERS, UNITS, EMBEDDING, 0.0)
+    fresh = model.predict(tokens[None, :], verbose=0)[0]
+    load_exported_weights(model, pipeline.onnx)
+    loaded = model.predict(tokens[None, :], verbose=0)[0]
+    scale = np.abs(streamed).max()
+    assert np.abs(loaded - streamed).max() <= 0.05 * scale  # int8 weights and activations
+    assert np.abs(fresh - streamed).max() > 0.2 * scale
+    run("train", "--data", pipeline.data, "--out", tmp_path, "--layers", LAYERS, "--units", UNITS,
+        "--embedding", EMBEDDING, "--epochs", 1, "--steps-per-epoch", 1, "--seq-len", 64, "--batch", 8,
+        "--init", pipeline.onnx)
+    assert json.loads((tmp_path / "args.json").read_text())["init"] == str(pipeline.onnx)
+
+
 # ---- export ---------------------------------------------------------------------------
 
 

@@ -113,6 +113,36 @@ def build_model(layers: int, units: int, embedding: int, dropout: float):
     return keras.Model(tokens, logits, name="improvd_lstm")
 
 
+def load_exported_weights(model, onnx_path: Path) -> None:
+    """Start from an exported step model (training/export.py's graph; int8 weights are
+    dequantized): fine-tuning a shipped model needs no checkpoint of it."""
+    import onnx
+    from onnx import numpy_helper
+
+    arrays = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(onnx_path)).graph.initializer}
+
+    def weight(name: str) -> np.ndarray:
+        if name in arrays:
+            return arrays[name].astype(np.float32)
+        quantized = arrays[name + "_quantized"].astype(np.float32)
+        return (quantized - arrays[name + "_zero_point"].astype(np.float32)) * arrays[name + "_scale"]
+
+    def scope(prefix: str) -> list[str]:  # tf2onnx names: "<layer>_<n>/...", n in graph order
+        names = {key.split("/")[0] for key in arrays if key.startswith(prefix + "_")}
+        return sorted(names, key=lambda name: int(name.rsplit("_", 1)[1]))
+
+    (embedding,), cells, (logits,) = scope("embedding"), scope("lstm_cell"), scope("logits")
+    if len(cells) != sum(layer.name.startswith("lstm_") for layer in model.layers):
+        raise SystemExit(f"train: {onnx_path} has {len(cells)} LSTM layers; --layers must match it")
+    model.get_layer("embedding").set_weights([weight(f"{embedding}/GatherV2/ReadVariableOp:0")])
+    for i, cell in enumerate(cells):
+        model.get_layer(f"lstm_{i}").set_weights(
+            [weight(f"{cell}/Cast/ReadVariableOp:0"), weight(f"{cell}/Cast_1/ReadVariableOp:0"),
+             weight(f"{cell}/BiasAdd/ReadVariableOp:0")])
+    model.get_layer("logits").set_weights(
+        [weight(f"{logits}/Cast/ReadVariableOp:0"), weight(f"{logits}/BiasAdd/ReadVariableOp:0")])
+
+
 def make_strategy(name: str):
     import tensorflow as tf
 
@@ -184,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--init", type=Path,
+                        help="start from these weights: a Keras .weights.h5, or an exported .onnx (fine-tuning)")
     args = parser.parse_args(argv)
 
     import keras
@@ -197,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         for key in ("layers", "units", "embedding"):  # the architecture cannot change mid-run
             setattr(args, key, saved[key])
         initial_epoch = json.loads(state_path.read_text())["epoch"]
-    settings = {k: v for k, v in vars(args).items() if k != "resume"}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "resume"}
     if args.resume:  # keep the arguments of every earlier leg of the run, with where it stopped
         earlier = {k: v for k, v in saved.items() if k not in ("earlier", "vocab")}
         settings["earlier"] = saved.get("earlier", []) + [{**earlier, "until_epoch": initial_epoch}]
@@ -219,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.resume:
         model.load_weights(out / "last.weights.h5")
+    elif args.init and args.init.suffix == ".onnx":
+        load_exported_weights(model, args.init)
+    elif args.init:
+        model.load_weights(args.init)
     model.summary(print_fn=lambda line, **_: print(line))
 
     train_ds = make_dataset(
