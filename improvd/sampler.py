@@ -11,6 +11,8 @@ from improvd import vocab
 
 ON, OFF = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET
 SHIFT, VELOCITY = vocab.TIME_SHIFT_OFFSET, vocab.VELOCITY_OFFSET
+TYPE_STARTS = np.array(sorted((ON, OFF, SHIFT, VELOCITY)))  # each event type's first token
+TYPE_OF = np.repeat(np.arange(len(TYPE_STARTS)), np.diff(np.append(TYPE_STARTS, vocab.VOCAB_SIZE)))
 
 
 @dataclass
@@ -96,7 +98,22 @@ class Sampler:
         return order[np.arange(len(probs)), pick]
 
     def _probabilities(self, logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        """Tempered softmax over the allowed tokens (the last axis)."""
-        scaled = np.where(allowed, logits.astype(np.float64) / self.settings.temperature, -np.inf)
-        probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+        """Tempered softmax (over the last axis) in which the grammar picks *which* event,
+        not *what kind*: each event type keeps the probability the model gave it, shared
+        among its allowed tokens. A model that means to release a note but is unsure which
+        (a NOTE_OFF for a key that is not sounding) releases one of the sounding notes,
+        instead of that mass going to new notes and notes piling up."""
+        scaled = logits.astype(np.float64) / self.settings.temperature
+        masked = np.where(allowed, scaled, -np.inf)
+        shift = (_log_mass_by_type(scaled) - _log_mass_by_type(masked))[..., TYPE_OF]
+        log_probs = np.where(allowed, scaled + np.where(np.isfinite(shift), shift, 0.0), -np.inf)
+        probs = np.exp(log_probs - log_probs.max(axis=-1, keepdims=True))
         return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def _log_mass_by_type(scaled: np.ndarray) -> np.ndarray:
+    """log sum exp of the scores of each event type's tokens (-inf where all are -inf)."""
+    top = np.maximum.reduceat(scaled, TYPE_STARTS, axis=-1)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.add.reduceat(np.exp(scaled - top[..., TYPE_OF]), TYPE_STARTS, axis=-1)) + top

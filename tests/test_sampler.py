@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from improvd import vocab
 from improvd.sampler import OFF, ON, SHIFT, VELOCITY, Grammar, Sampler, Settings
@@ -72,3 +73,26 @@ def test_low_top_p_keeps_only_the_most_likely():
     logits[ON + 60], logits[ON + 64] = 5, 4
     s = sampler(seed=0, top_p=0.01)
     assert {s.sample(logits, grammar()) for _ in range(50)} == {ON + 60}
+
+
+def test_an_impossible_note_off_releases_a_sounding_note_instead():
+    """The model's choice of event type survives the grammar: mass on NOTE_OFFs of keys
+    that are not sounding goes to the sounding notes' NOTE_OFFs, not to new notes."""
+    logits = np.zeros(vocab.VOCAB_SIZE, np.float32)
+    logits[OFF:OFF + 128] = 6.0  # "release a note", unsure which: most of the mass
+    probs = sampler()._probabilities(logits, sampler().mask(grammar(own={60: 0, 64: 0})))
+    model = np.exp(logits) / np.exp(logits).sum()
+    assert probs[OFF + 60] + probs[OFF + 64] == pytest.approx(model[OFF:OFF + 128].sum())
+    assert probs[OFF + 60] == pytest.approx(probs[OFF + 64])
+    assert probs[ON:ON + 128].sum() == pytest.approx(model[ON:ON + 128].sum())  # new notes: no more than meant
+    rows = sampler()._probabilities(np.stack([logits, logits]), np.stack([sampler().mask(grammar(own={60: 0}))] * 2))
+    assert rows[:, OFF + 60] == pytest.approx([model[OFF:OFF + 128].sum()] * 2)
+
+
+def test_types_the_grammar_rules_out_give_their_mass_to_the_others_in_proportion():
+    logits = np.zeros(vocab.VOCAB_SIZE, np.float32)
+    probs = sampler()._probabilities(logits, sampler().mask(grammar(note_first=True, velocity_bin=None)))
+    assert probs[SHIFT:SHIFT + 100].sum() == 0.0 and probs[OFF:OFF + 128].sum() == 0.0
+    assert probs.sum() == pytest.approx(1.0)
+    on, velocity = probs[ON:ON + 128].sum(), probs[VELOCITY:].sum()
+    assert on / velocity == pytest.approx(128 / 32)  # each type keeps its share: 128 and 32 tokens
