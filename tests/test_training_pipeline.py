@@ -150,6 +150,27 @@ def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
         "--embedding", EMBEDDING, "--epochs", 1, "--steps-per-epoch", 1, "--seq-len", 64, "--batch", 8,
         "--init", pipeline.onnx)
     assert json.loads((tmp_path / "args.json").read_text())["init"] == str(pipeline.onnx)
+    run("export", "--run", tmp_path, "--weights", "last", "--out", tmp_path / "tuned")
+    card = json.loads((tmp_path / "tuned.json").read_text())
+    assert card["training"]["started_from"]["onnx_sha256"] == pipeline.metadata["onnx_sha256"]
+    assert card["licences"] == pipeline.metadata["licences"]  # what the starting model saw reaches this one
+
+
+def test_a_fine_tuned_model_inherits_the_licences_of_the_model_it_started_from(tmp_path):
+    from training.export import starting_point, terms_of
+    from training.prepare import MUSIC21_LICENCE
+
+    old = tmp_path / "scores.onnx"  # a card from before cards named licences: its sources tell
+    old.with_suffix(".json").write_text(json.dumps(
+        {"onnx_sha256": "ab", "held_out_bits_per_event": 1.4,
+         "training": {"data": {"sources": {"corpus": ["bach"], "folders": []}}}}))
+    started, licences = starting_point({"init": str(old)})
+    assert started["onnx_sha256"] == "ab" and licences == {"music21 corpus": MUSIC21_LICENCE}
+    cc = {"asap": "Creative Commons Attribution-NonCommercial-ShareAlike 4.0 International"}
+    old.with_suffix(".json").write_text(json.dumps({"licences": cc, "training": {"data": {}}}))
+    assert starting_point({"init": str(old)})[1] == cc
+    assert "inherits" in terms_of({**cc, "pop909": "MIT License"})
+    assert starting_point({"init": None}) == (None, {})
 
 
 # ---- export ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from improvd import vocab  # noqa: E402
 from improvd.model import FORMAT_VERSION  # noqa: E402
-from training import evaluate, train  # noqa: E402
+from training import evaluate, prepare, train  # noqa: E402
 
 # ---- defaults -------------------------------------------------------------------------
 RUN = "runs/default"
@@ -128,6 +128,20 @@ def terms_of(licences: dict[str, str]) -> str:
             + (", ".join(f"{k} ({v})" for k, v in licences.items() if f"{k} ({v})" not in binding) or "none"))
 
 
+def starting_point(run_args: dict) -> tuple[dict | None, dict[str, str]]:
+    """(what the run started from, the licences it brings) when it was initialised from an
+    exported model (train --init): its weights carry what that model was trained on."""
+    init = run_args.get("init")
+    card_path = Path(init).with_suffix(".json") if init else None
+    if card_path is None or not card_path.exists():
+        return ({"path": init} if init else None), {}
+    card = json.loads(card_path.read_text())
+    sources = card["training"]["data"].get("sources", {})
+    licences = card.get("licences") or ({"music21 corpus": prepare.MUSIC21_LICENCE} if sources.get("corpus") else {})
+    return {"path": init, "onnx_sha256": card.get("onnx_sha256"), "data_sources": sources,
+            "held_out_bits_per_event": card.get("held_out_bits_per_event")}, licences
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=RUN, help="training output folder (args.json + weights)")
@@ -181,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest_path = data / "manifest.json"
     data_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"path": str(data)}
     data_manifest["skipped"] = len(data_manifest.get("skipped", []))  # the count; the list stays with the data
+    started_from, inherited = starting_point(run_args)
+    licences = {**inherited, **data_manifest.get("licences", {})}
     metadata = {
         "format_version": FORMAT_VERSION,
         "vocab": vocab.spec(),
@@ -192,9 +208,10 @@ def main(argv: list[str] | None = None) -> None:
             "data": data_manifest,
             "state": json.loads((run / "state.json").read_text()),
             "weights": args.weights,
+            "started_from": started_from,
         },
-        "licences": data_manifest.get("licences", {}),
-        "terms": terms_of(data_manifest.get("licences", {})),
+        "licences": licences,
+        "terms": terms_of(licences),
         "held_out_bits_per_event": report.get("int8_bits_per_event", report["fp32_bits_per_event"]),
         "export": report,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),

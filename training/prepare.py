@@ -72,6 +72,9 @@ def piece_of_performance(root: Path, path: Path) -> str:
     return f"{root.name}/" + "/".join(parts)
 
 
+MUSIC21_LICENCE = "public-domain scores shipped with music21 (BSD-3-Clause)"
+
+
 def licence_of(folder: Path) -> str:
     """The first line of a folder's LICENSE file (the model card names what the data allows)."""
     for candidate in sorted(folder.glob("LICEN[CS]E*")):
@@ -228,8 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         "skipped": skipped,
         "licences": {Path(f).expanduser().name: licence_of(Path(f).expanduser())
                      for f in args.folder + args.performances}
-                    | ({"music21 corpus": "public-domain scores shipped with music21 (BSD-3-Clause)"}
-                       if collections else {}),
+                    | ({"music21 corpus": MUSIC21_LICENCE} if collections else {}),
         "split_rule": f"sha1(piece id) % 100 -> {dict(SPLITS)} percent",
         "humanize": {"tempo_bpm": TEMPO_RANGE, "onset_jitter_s": ONSET_JITTER_S, "phrase_beats": PHRASE_BEATS,
                      "dynamics": DYNAMICS_RANGE, "note_velocity_sd": NOTE_VELOCITY_SD},
