@@ -325,9 +325,7 @@ class Daemon:
         self.server_lost_at = since
         log.error("the JACK server went away (%s); waiting for it to come back to recreate our ports",
                   reason.strip() or "no reason given")
-        for port in (self.input, self.output):
-            port.drop(since)
-        self.midi.close()
+        self._drop_ports(since)
         self.scheduler.submit(self.engine.release_player(time.monotonic()))
         self._silence()
         self.notifier.status(self.status())
@@ -341,9 +339,7 @@ class Daemon:
                 port.open(wait=True)
         except PortError as err:
             log.debug("JACK server not back yet: %s", err)
-            for port in (self.input, self.output):
-                port.drop(self.server_lost_at)
-            self.midi.close()
+            self._drop_ports(self.server_lost_at)
             return
         away = time.monotonic() - self.server_lost_at
         self.recreated = (time.monotonic(), self.midi.graph.xruns)
@@ -353,6 +349,12 @@ class Daemon:
         if self.output.connected:
             self._all_notes_off()
         self.notifier.status(self.status())
+
+    def _drop_ports(self, since: float) -> None:
+        """Close what is left of our clients and ports (their server went at ``since``)."""
+        for port in (self.input, self.output):
+            port.drop(since)
+        self.midi.close()
 
     def _recreated_clients_stuck(self) -> bool:
         """A JACK server that has just come back sometimes never wakes a client made at once
@@ -364,9 +366,7 @@ class Daemon:
             log.warning("JACK has not run our new clients (%d overruns in %.2f s); making them again",
                         xruns, time.monotonic() - since)
             self.recreated = None
-            for port in (self.input, self.output):
-                port.drop(self.server_lost_at or since)
-            self.midi.close()
+            self._drop_ports(since)
             self.server_lost_at = since
             return True
         if time.monotonic() - since > STUCK_WINDOW_S:
@@ -427,7 +427,7 @@ class Daemon:
             last_time, last_steps = self._last_steps
             extra["model_steps"] = steps
             extra["model_steps_per_s"] = (steps - last_steps) / max(1e-9, now - last_time)
+            self._last_steps = (now, steps)
         if self.last_choice is not None:
             extra.update(last_winner=self.last_choice.winner, last_margin=self.last_choice.margin)
-            self._last_steps = (now, steps)
         return self.telemetry.line(extra)
