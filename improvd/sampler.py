@@ -58,7 +58,8 @@ class Sampler:
             allowed[OFF + pitch] = start < grammar.tick  # a note lasts at least one tick
         if len(grammar.own_notes) < s.max_polyphony:
             allowed[ON + s.pitch_low : ON + s.pitch_high + 1] = True
-            for pitch in grammar.sounding:
+            # the model's own notes too: a player's NOTE_OFF for a key improvd holds leaves it sounding
+            for pitch in grammar.sounding | grammar.own_notes.keys():
                 allowed[ON + pitch] = False
         if not grammar.after_velocity:
             allowed[VELOCITY : VELOCITY + vocab.VELOCITY_BINS] = True
@@ -105,8 +106,9 @@ class Sampler:
         instead of that mass going to new notes and notes piling up."""
         scaled = logits.astype(np.float64) / self.settings.temperature
         masked = np.where(allowed, scaled, -np.inf)
+        # +inf for a type with nothing allowed: those tokens are masked out just below
         shift = (_log_mass_by_type(scaled) - _log_mass_by_type(masked))[..., TYPE_OF]
-        log_probs = np.where(allowed, scaled + np.where(np.isfinite(shift), shift, 0.0), -np.inf)
+        log_probs = np.where(allowed, scaled + shift, -np.inf)
         probs = np.exp(log_probs - log_probs.max(axis=-1, keepdims=True))
         return probs / probs.sum(axis=-1, keepdims=True)
 

@@ -26,6 +26,13 @@ def test_no_second_note_on_for_a_sounding_key_and_pitch_range():
     assert ons == set(range(40, 81)) - {60, 62}
 
 
+def test_no_second_note_on_for_an_own_note_the_player_released():
+    """A player's NOTE_OFF for a key improvd holds takes it out of the stream's sounding keys,
+    not out of improvd's: it must not strike that key again before releasing it."""
+    own_not_in_stream = Grammar({74: 90}, frozenset(), 100, 10, False, False)
+    assert not sampler().mask(own_not_in_stream)[ON + 74]
+
+
 def test_polyphony_cap_blocks_new_notes():
     mask = sampler(max_polyphony=2).mask(grammar(own={60: 90, 62: 95}))
     assert not mask[ON:ON + 128].any()
