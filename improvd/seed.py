@@ -81,7 +81,7 @@ def _onsets(messages: list[tuple[float, mido.Message]]) -> list[float]:
 def _window(path: Path, messages: list[tuple[float, mido.Message]], start: float,
             end: float) -> list[tuple[float, mido.Message]]:
     """The messages from ``start`` to ``end`` seconds (--seed-from), released at ``end``."""
-    inside = [(t, m) for t, m in messages if start <= t <= end]
+    inside = [(t, m) for t, m in messages if start <= t < end]
     onsets = _onsets(inside)
     if not onsets:
         last = _onsets(messages)[-1]

@@ -122,12 +122,14 @@ def test_sighup_refuses_a_bad_config_and_keeps_the_old_one_running(session, tmp_
     line = daemon.lines[daemon.wait_line("reload refused", start=mark)]
     assert "keeping the running configuration" in line
     for problem in problems:  # each on a line of its own
-        assert sum(problem in line for line in daemon.lines[mark:]) == 1, daemon.log()
+        daemon.wait_line(problem, start=mark)
     assert "reloaded" not in daemon.log()
     phrase_end = player.play()
     listener.wait_sounding()  # the old configuration still answers
     assert listener.note_ons(since=phrase_end)
     assert daemon.process.poll() is None
+    for problem in problems:
+        assert sum(problem in line for line in daemon.lines[mark:]) == 1, daemon.log()
 
 
 def test_sigusr1_logs_the_telemetry(session):
