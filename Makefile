@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# .venv in two steps: improvd with matplotlib is all `make demo` needs (no TensorFlow, about 150 MB);
+# .venv in two steps: improvd with matplotlib is all `make demo` needs (no TensorFlow, about 300 MB);
 # `make test` and `make model` add training (TensorFlow, music21) and the test tools (about 2.5 GB).
 RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
