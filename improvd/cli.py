@@ -31,7 +31,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with improvd's one-line errors and its own usage exit code (2 means a bad input file)."""
 
     def error(self, message: str) -> None:
-        self.exit(UsageError.exit_code, f"improvd: {message} (improvd --help lists the flags)\n")
+        notify_failure(UsageError(message))  # a wrong flag in a unit's ExecStart shows in `systemctl status`
+        self.exit(UsageError.exit_code,
+                  journal_text(f"improvd: {message} (improvd --help lists the flags)", logging.ERROR) + "\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         from improvd.daemon import Daemon
 
+        if args.seed_file and not config.ports.output:
+            log.info("--seed-file with the virtual output: its continuation plays %d ms after 'ready', heard only "
+                     "if something is connected by then (--out PORT plays to that port from the start)",
+                     config.engine.silence_ms)
         daemon = Daemon(config, args.seed_file, args.seed_track, args.length, args.config, overrides,
                         seed_from=args.seed_from)
         daemon.install_signal_handlers()

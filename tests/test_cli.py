@@ -357,5 +357,7 @@ def test_under_journald_every_line_carries_its_syslog_priority(tmp_path):
     lines = bad.stderr.splitlines()
     assert lines[0] == f"<3>improvd: invalid configuration in {config}:" and len(lines) == 3
     assert all(line.startswith("<3>  engine.") for line in lines[1:]), lines
+    usage = improvd("--mode", "dut", env=env)
+    assert usage.returncode == 64 and usage.stderr.startswith("<3>improvd: argument --mode"), usage.stderr
     plain = improvd("--config", config, "config")
     assert not any(line.startswith("<") for line in plain.stderr.splitlines())

@@ -195,3 +195,13 @@ def test_invalid_configuration_at_start_says_why_in_the_status(tmp_path, systemd
     assert status.startswith(f"failed: invalid configuration in {config}"), status
     assert "engine.silence_ms: must be between 50 and 10000, got 5" in status
     assert "sampler.temprature: unknown key" in status
+
+
+def test_a_wrong_flag_at_start_says_why_in_the_status(tmp_path, systemd):
+    daemon = Improvd(write_config(tmp_path / "config.toml"), {"NOTIFY_SOCKET": str(systemd.path)},
+                     args=("--mode", "dut"))
+    code, _ = daemon.wait_exit(time.monotonic(), timeout=60)
+    time.sleep(0.05)
+    assert code == 64, daemon.log()
+    status = [fields for _, fields in systemd.snapshot()][-1]["STATUS"]
+    assert status.startswith("failed: argument --mode: invalid choice: 'dut'"), status
