@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test model lint bench clean install-service uninstall-service
 
 $(RUNTIME): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -e $(VENV)/pyvenv.cfg || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[plot]'
 	touch $@
