@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--length", type=float, help="seconds of continuation for the seed file")
     parser.add_argument("--list-ports", action="store_true", help="list MIDI ports and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="store_true", help="improvd's version and its model's name and data")
+    parser.add_argument("--version", action="store_true",
+                        help="improvd's version, its model, the data of each training stage, the weights' terms")
     args = parser.parse_args(argv)
     if (args.output_file or args.plot or args.seed_from is not None) and not args.seed_file:
         parser.error("--output-file, --plot and --seed-from need --seed-file")
@@ -116,6 +117,8 @@ def journal_text(text: str, level: int) -> str:
 
 
 class LogFormatter(logging.Formatter):
+    """The log line format, with journald's priority prefix where it applies."""
+
     def format(self, record: logging.LogRecord) -> str:
         return journal_text(super().format(record), record.levelno)
 
