@@ -92,3 +92,13 @@ def test_wheel_declares_its_licences_and_plotting_as_a_small_extra(installed, tm
     assert licence == "MIT AND CC-BY-NC-SA-4.0"
     plot = [r.split(";")[0].strip() for r in requires if 'extra == "plot"' in r]
     assert plot == ["matplotlib>=3.8"], requires
+
+
+def test_make_demo_installs_the_runtime_and_plotting_without_training(tmp_path):
+    """What `make demo` would run on a fresh machine (make -n: nothing is run)."""
+    if shutil.which("make") is None:
+        pytest.skip("make not found")
+    result = run("make", "--no-print-directory", "-n", "demo", f"VENV={tmp_path / 'venv'}", cwd=PROJECT_ROOT)
+    installs = [line for line in result.stdout.splitlines() if " install " in line and "-e" in line]
+    assert installs == [f"{tmp_path / 'venv'}/bin/pip install --quiet -e '.[plot]'"], result.stdout
+    assert "--plot continuation.png" in result.stdout
