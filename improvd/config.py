@@ -261,6 +261,18 @@ def format_config(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
+def changed_settings(old: Config, new: Config) -> list[str]:
+    """``section.key: old -> new`` for every setting that differs (a reload's log line)."""
+    changes = []
+    for name in SECTIONS:
+        before, after = getattr(old, name), getattr(new, name)
+        for f in fields(before):
+            was, now = getattr(before, f.name), getattr(after, f.name)
+            if was != now:
+                changes.append(f"{name}.{f.name}: {_toml_value(was)} -> {_toml_value(now)}")
+    return changes
+
+
 def _find_config_file(env: Mapping[str, str] | None) -> Path | None:
     for candidate in search_paths(env):
         try:

@@ -21,7 +21,7 @@ import mido
 from improvd import candidates as candidates_module
 from improvd import engine as engine_module
 from improvd import sampler as sampler_module
-from improvd.config import Config, load_config
+from improvd.config import Config, changed_settings, load_config
 from improvd.engine import Engine, Reply, Timed
 from improvd.errors import ImprovdError, PortError
 from improvd.model import StepModel
@@ -122,9 +122,9 @@ class Inbox:
 class Daemon:
     def __init__(self, config: Config, seed_file: Path | None = None, seed_track: int | None = None,
                  length: float | None = None, config_path: Path | None = None,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, seed_from: float | None = None) -> None:
         self.config = config
-        self.seed_file, self.seed_track, self.length = seed_file, seed_track, length
+        self.seed_file, self.seed_track, self.length, self.seed_from = seed_file, seed_track, length, seed_from
         self.config_path, self.overrides = config_path, overrides or {}
         self.telemetry = Telemetry()
         self.notifier = Notifier()
@@ -167,7 +167,7 @@ class Daemon:
         opens, so a bad one never leaves dangling ports."""
         failure: str | None = None
         try:
-            seed = read_seed(self.seed_file, self.seed_track) if self.seed_file else None
+            seed = read_seed(self.seed_file, self.seed_track, self.seed_from) if self.seed_file else None
             self.model = StepModel(self.config.model.path, self.config.model.device)
             self._open_ports()
             self.engine = build_engine(self.config, self.model, time.monotonic())
@@ -383,7 +383,10 @@ class Daemon:
             model = StepModel(config.model.path, config.model.device)
         except Exception as err:  # noqa: BLE001 - whatever is wrong with the new one, the old one plays on
             text = str(err) if isinstance(err, ImprovdError) else f"{type(err).__name__}: {err}"
-            log.error("reload refused, keeping the running configuration: %s", text.replace("\n", "; "))
+            first, *problems = text.split("\n")  # one line per problem, each at error priority
+            log.error("reload refused, keeping the running configuration: %s", first)
+            for problem in problems:
+                log.error("%s", problem)
             self.notifier.ready(self.status())
             return
         if replace(config.ports, reconnect_s=0) != replace(self.config.ports, reconnect_s=0):
@@ -394,9 +397,11 @@ class Daemon:
         logging.getLogger().setLevel(config.log.level.upper())
         self.scheduler.submit(self.engine.panic(time.monotonic()))
         self.scheduler.release_all()
+        changes = changed_settings(self.config, config)
         self.config, self.model = config, model
         self.engine = build_engine(config, model, time.monotonic())
-        log.info("reloaded %s: model %s", config.source, config.model.path)
+        log.info("reloaded %s (model %s): %s", config.source, config.model.path,
+                 ", ".join(changes) or "no setting changed")
         self.notifier.ready(self.status())
 
     # ---- status ----------------------------------------------------------------------------

@@ -73,6 +73,9 @@ def _vocab_difference(theirs) -> str:
     return ", ".join(f"{k}: model {theirs.get(k)!r} != {ours.get(k)!r}" for k in keys)
 
 
+NO_CUDA_PROVIDER = "this onnxruntime build has no CUDA provider: pip install 'improvd[gpu]'"
+
+
 def _cuda_available(ort) -> tuple[bool, str]:
     """Whether a CUDA session can really be created, and why not; quietly."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -96,7 +99,7 @@ def _no_cuda_provider() -> str:
     if _installed("onnxruntime-gpu") and _installed("onnxruntime"):
         return ("onnxruntime and onnxruntime-gpu are both installed and the CPU build's files won: "
                 "pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu")
-    return "this onnxruntime build has no CUDA provider: pip install 'improvd[gpu]'"
+    return NO_CUDA_PROVIDER
 
 
 def _preload_cuda_libraries(ort) -> None:
@@ -160,7 +163,11 @@ class StepModel:
                     ort.set_default_logger_severity(2)
             if device == "cuda":
                 raise ModelError(f"device 'cuda' requested but unavailable: {why}")
-            log.info("model %s runs on the CPU, one thread (device=auto: %s)", self.path.name, why)
+            if why == NO_CUDA_PROVIDER:  # a CPU-only install: the CPU is what it was installed for
+                log.debug("device=auto: %s", why)
+                log.info("model %s runs on the CPU, one thread (device=auto)", self.path.name)
+            else:
+                log.info("model %s runs on the CPU, one thread (device=auto: %s)", self.path.name, why)
         else:
             log.info("model %s runs on the CPU, one thread (device=cpu)", self.path.name)
         try:

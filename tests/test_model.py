@@ -95,7 +95,7 @@ def test_auto_device_says_which_provider_in_one_line(caplog):
         model = StepModel(MODEL_PATH, device="auto")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    expected = "CUDA" if model.provider == "cuda" else "runs on the CPU, one thread (device=auto:"
+    expected = "CUDA" if model.provider == "cuda" else "runs on the CPU, one thread (device=auto"
     assert expected in lines[0]
 
 
