@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from improvd import vocab
+from improvd.config import ModelConfig, choices
 from improvd.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = choices(ModelConfig, "device")
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,16 @@ class StepModel:
             raise ModelError(f"{self.path}: onnxruntime cannot load it: {str(err).splitlines()[0]}") from err
         return session, "cpu"
 
+    def initial(self, batch: int = 1) -> State:
+        """A fresh (silent) state for ``batch`` rows, for callers that hold their own."""
+        h = np.zeros((self.layers, batch, self.units), np.float32)
+        return State(h, np.zeros_like(h), None)
+
     def reset(self, batch: int | None = None) -> None:
         """A fresh (silent) state for ``batch`` rows."""
         self.batch = batch or self.batch
-        self.h = np.zeros((self.layers, self.batch, self.units), np.float32)
-        self.c = np.zeros_like(self.h)
-        self.logits: np.ndarray | None = None
+        state = self.initial(self.batch)
+        self.h, self.c, self.logits = state.h, state.c, state.logits
 
     def step(self, tokens) -> np.ndarray:
         """Advance every row by one token; the logits [batch, vocab] for what comes next."""
