@@ -21,6 +21,25 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = PROJECT_ROOT / "exported" / "improvd.onnx"
 
 
+class StatefulModel(StepModel):
+    """A StepModel that holds the state of ``batch`` rows itself: for tests of the model alone."""
+
+    def __init__(self, onnx_path, device: str = "auto", batch: int = 1) -> None:
+        super().__init__(onnx_path, device)
+        self.restore(self.initial(batch))
+
+    def step(self, tokens) -> np.ndarray:
+        """Advance every row by one token; the logits [batch, vocab] for what comes next."""
+        self.logits, self.h, self.c = self.run(tokens, self.h, self.c)
+        return self.logits
+
+    def snapshot(self) -> State:
+        return State(self.h, self.c, self.logits)
+
+    def restore(self, state: State) -> None:
+        self.h, self.c, self.logits = state.h, state.c, state.logits
+
+
 class RecordingModel(StepModel):
     """A StepModel that remembers the tokens each state it computed is made of, so that a
     test can ask what the engine's stream holds, rollbacks included."""
@@ -70,7 +89,7 @@ def make_engine(random_seed: int = 7, model_class=StepModel, now: float = 0.0,
 
 
 def replay(tokens: list[int]) -> State:
-    model = StepModel(MODEL_PATH, device="cpu")
+    model = StatefulModel(MODEL_PATH, device="cpu")
     for token in tokens:
         model.step([token])
     return model.snapshot()
