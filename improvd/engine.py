@@ -2,8 +2,10 @@
 
 Pure by design: no threads, no ports, no clock of its own. Every call takes ``now`` (seconds
 on the caller's monotonic clock) and returns the messages to play with their times, so tests
-run it in simulated time, deterministically with a seeded RNG. It coordinates small parts:
-the stream (what the model has heard), the journal (what can still be taken back), the
+run it in simulated time, deterministically with a seeded RNG. Nothing handed in is changed:
+the musician's live knobs are the engine's own ``Live``. It coordinates small parts: the
+stream (what the model has heard, one sequence of the player's events and its own), the voice
+(what improvd generates ahead of time, journaled so the unheard part can be taken back), the
 phrase (when to answer, for how long), the controls (CCs, clock) and the candidates.
 """
 
@@ -47,7 +49,8 @@ class Counters:
 
 
 class Engine:
-    """``clock`` measures the candidates' compute time; ``candidate_steps`` is how far they
+    """Reads top to bottom: what the daemon calls, then input, then the stream and the answer.
+    ``clock`` measures the candidates' compute time; ``candidate_steps`` is how far they
     go per poll (offline, with no clock to race, as far as they need)."""
 
     def __init__(self, model: StepModel, config: Config, rng: np.random.Generator, now: float, *,

@@ -1,10 +1,6 @@
-"""What improvd has generated but the room has not yet heard, and how to take it back.
-
-Generated events run up to a lookahead ahead of ``now``. Before each one the stream is
-snapshotted here; when the player comes in, everything not yet heard is thrown away by
-restoring the snapshot at the first unheard event, so the player's event is folded in
-after what really sounded.
-"""
+"""What improvd has generated but the room has not yet heard, and how to take it back:
+before each generated event the stream is snapshotted here, and restoring the snapshot at
+the first unheard event undoes everything after it."""
 
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
 
 def _why_empty(engine: Engine) -> str:
     if not engine.counters.notes_in:
-        channels = list(engine.config.ports.input_channels)
+        channels = sorted(engine.config.ports.input_channels)
         return f"improvd heard none of the motif's notes (ports.input_channels = {channels} leaves out their channels)"
     if not engine.counters.answers:
         return "the motif never fell silent, so improvd never answered"

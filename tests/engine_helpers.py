@@ -45,15 +45,16 @@ class RecordingModel(StepModel):
     test can ask what the engine's stream holds, rollbacks included."""
 
     def __init__(self, *args, **kwargs):
-        self.parents: dict[int, tuple[int, int, np.ndarray]] = {}  # state -> (the state before, token, it)
+        # id(h) of each state stepped to -> (id(h) of the state before, the token, both arrays)
+        self.parents: dict[int, tuple[int, int, tuple]] = {}
         super().__init__(*args, **kwargs)
 
     def run(self, tokens, h, c):
         logits, h_out, c_out = super().run(tokens, h, c)
         tokens = np.asarray(tokens).reshape(-1)
         if len(tokens) == 1:  # the stream's steps (a candidate batch has K rows)
-            # keyed by the array's id, kept alive so that no later array takes that id
-            self.parents[id(h_out)] = (id(h), int(tokens[0]), h_out)
+            # keyed by id: both arrays are kept alive so that no other array can take their ids
+            self.parents[id(h_out)] = (id(h), int(tokens[0]), (h, h_out))
         return logits, h_out, c_out
 
     def fed(self, state: State) -> list[int]:
