@@ -87,7 +87,8 @@ def test_barge_in_stops_the_answer_releases_and_rolls_back_the_unheard_part():
     assert [tok for tok in stream_tokens(eng) if tok < 128] == [62, 66, 69, 71, 69, 66] + heard_on + [60]
     # ... and the state is exactly that of replaying the surviving tokens from scratch.
     expected = replay(stream_tokens(eng))
-    assert np.allclose(eng.stream.state.h, expected.h, atol=1e-5) and np.allclose(eng.stream.state.c, expected.c, atol=1e-5)
+    state = eng.stream.state
+    assert np.allclose(state.h, expected.h, atol=1e-5) and np.allclose(state.c, expected.c, atol=1e-5)
     room.submit(reply)
     assert not room.sounding and not room.queue
     # The player's new phrase gets its own answer afterwards.

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", default="",
                         help="comma-separated numbers of candidates, one row each ('' : improvd's default)")
     parser.add_argument("--extra", default="", help="more improvd arguments for every row, space-separated")
-    parser.add_argument("--random-seed", type=int, default=1, help="improvd's random seed for the first primer (then +1 each)")
+    parser.add_argument("--random-seed", type=int, default=1, help="improvd's random seed, first primer (then +1 each)")
     parser.add_argument("--report", default=REPORT)
     parser.add_argument("--plots", type=int, default=0,
                         help="piano rolls (primer + answer) of the first N primers, beside the report")
