@@ -3,7 +3,7 @@ start/stop a sequencer sends."""
 
 from __future__ import annotations
 
-from improvd.config import ControlsConfig, Live
+from improvd.config import ControlsConfig
 
 ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic
 PANIC = "panic"
@@ -11,30 +11,27 @@ CLOCK_MESSAGES = ("start", "continue", "stop", "clock")
 
 
 class Controls:
-    """Turns CCs into live values or actions, and follows MIDI clock."""
+    """Reads CCs as requests (a live value, a mode, a panic), and follows MIDI clock."""
 
-    def __init__(self, config: ControlsConfig, live: Live) -> None:
-        self.config, self.live = config, live
+    def __init__(self, config: ControlsConfig) -> None:
+        self.config = config
         self.playing = True  # MIDI clock Stop pauses, Start/Continue resumes
         self.clock_bpm: float | None = None
         self._last_clock: float | None = None
 
-    def control(self, control: int, value: int) -> str | None:
-        """What a CC asks for: PANIC, a mode to switch to, "" when it turned a live value,
-        or None when it is not one of ours."""
+    def control(self, control: int, value: int) -> tuple[str, object] | None:
+        """What a CC asks for: (PANIC, None), ("mode", a mode), or (a ``Live`` field, its new
+        value); None when it is not one of ours."""
         c = self.config
         if control == c.panic_cc or control in ALL_NOTES_OFF_CCS:
-            return PANIC
+            return PANIC, None
         if control == c.temperature_cc:
-            # 0..127 -> 0.25..2.0, logarithmic so the middle of the knob is 0.7.
-            self.live.temperature = 0.25 * 8 ** (value / 127)
-        elif control == c.answer_length_cc:
-            self.live.answer_ratio = 0.25 * 16 ** (value / 127)  # a quarter .. four times the phrase
-        elif control == c.mode_cc:
-            return "duet" if value >= 64 else "call-response"
-        else:
-            return None
-        return ""
+            return "temperature", 0.25 * 8 ** (value / 127)  # 0.25..2.0, logarithmic: the middle is 0.7
+        if control == c.answer_length_cc:
+            return "answer_ratio", 0.25 * 16 ** (value / 127)  # a quarter .. four times the phrase
+        if control == c.mode_cc:
+            return "mode", "duet" if value >= 64 else "call-response"
+        return None
 
     def clock(self, kind: str, now: float) -> str | None:
         """Follow a clock message (one of CLOCK_MESSAGES); PANIC when Stop must silence improvd."""

@@ -60,7 +60,7 @@ class Engine:
         self.counters = Counters()
         self.input_channels = frozenset(ch - 1 for ch in config.ports.input_channels)  # 0-based; empty: all
         self.sampler = Sampler(config.sampler, self.live, rng)
-        self.controls = Controls(config.controls, self.live)
+        self.controls = Controls(config.controls)
         self.phrase = Phrase(config.engine, self.live, now)
         self.candidates = Candidates(model, self.sampler, config.sampler, candidate_steps, clock)
         # The stream opens with the one-second gap training puts between pieces.
@@ -197,13 +197,16 @@ class Engine:
         return reply
 
     def _control(self, control: int, value: int, now: float) -> Reply:
-        action = self.controls.control(control, value)
-        if action == PANIC:
-            return self.panic(now)
-        if action in MODES:
-            return self.set_mode(action, now)
-        if action is None:
+        request = self.controls.control(control, value)
+        if request is None:
             self.counters.messages_ignored += 1
+            return Reply()
+        name, setting = request
+        if name == PANIC:
+            return self.panic(now)
+        if name == "mode":
+            return self.set_mode(setting, now)
+        setattr(self.live, name, setting)
         return Reply()
 
     # ---- the stream ------------------------------------------------------------------------

@@ -2,27 +2,27 @@
 
 import pytest
 
-from improvd.config import Config, ControlsConfig, Live
+from improvd.config import ControlsConfig, Live
 from improvd.controls import PANIC, Controls
 
 
 def controls(**settings) -> Controls:
-    config = Config(controls=ControlsConfig(**settings))
-    return Controls(config.controls, Live.of(config))
+    return Controls(ControlsConfig(**settings))
 
 
-def test_knobs_turn_the_live_values():
+def test_knobs_ask_for_live_values_mode_and_panic():
     c = controls()
-    assert c.control(1, 127) == "" and c.live.temperature == pytest.approx(2.0)
-    assert c.control(2, 0) == "" and c.live.answer_ratio == pytest.approx(0.25)
-    assert c.control(80, 64) == "duet" and c.control(80, 63) == "call-response"
-    assert c.control(123, 0) == PANIC and c.control(120, 0) == PANIC
+    name, temperature = c.control(1, 127)
+    assert name in Live.__dataclass_fields__ and temperature == pytest.approx(2.0)
+    name, ratio = c.control(2, 0)
+    assert name in Live.__dataclass_fields__ and ratio == pytest.approx(0.25)
+    assert c.control(80, 64) == ("mode", "duet") and c.control(80, 63) == ("mode", "call-response")
+    assert c.control(123, 0) == (PANIC, None) and c.control(120, 0) == (PANIC, None)
     assert c.control(7, 100) is None
 
 
 def test_a_disabled_knob_is_just_another_cc():
-    c = controls(temperature_cc=-1)
-    assert c.control(1, 127) is None and c.live.temperature == Config().sampler.temperature
+    assert controls(temperature_cc=-1).control(1, 127) is None
 
 
 def test_clock_gives_the_tempo_and_stop_start_pause_and_resume():
