@@ -14,7 +14,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from improvd.config import Config, format_config, load_config
+from improvd.config import SECTIONS, Config, choices, format_config, load_config
 from improvd.errors import ImprovdError, UsageError
 from improvd.notify import Notifier
 
@@ -24,7 +24,8 @@ EXIT_OK = 0
 EXIT_CODES = ("Exit codes: 0 ok, 1 configuration, 2 bad input file, 3 model, 4 ports, 5 empty continuation, "
               f"{UsageError.exit_code} usage (a flag or its value).")
 SYSLOG_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
-WEIGHTS = ("fluency", "pitch_class", "register", "density", "dynamics")
+WEIGHT = "weight_"
+WEIGHTS = tuple(key.removeprefix(WEIGHT) for key in SECTIONS["sampler"].__dataclass_fields__ if key.startswith(WEIGHT))
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,12 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, help="config file (default: XDG, then /etc/improvd)")
     parser.add_argument("--in", dest="input", help="input port by name substring ('' = virtual 'improvd in')")
     parser.add_argument("--out", dest="output", help="output port by name substring ('' = virtual 'improvd out')")
-    parser.add_argument("--api", choices=("auto", "alsa", "jack", "coremidi"), help="MIDI API")
-    parser.add_argument("--mode", choices=("call-response", "duet"))
+    parser.add_argument("--api", choices=choices(SECTIONS["ports"], "api"), help="MIDI API")
+    parser.add_argument("--mode", choices=choices(SECTIONS["engine"], "mode"))
     parser.add_argument("--temperature", type=float)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs")
+    parser.add_argument("--device", choices=choices(SECTIONS["model"], "device"), help="where the model runs")
     parser.add_argument("--model", type=Path, help="exported .onnx model (its .json beside it)")
-    parser.add_argument("--random-seed", "--seed", type=int, dest="random_seed",
+    parser.add_argument("--random-seed", type=int, dest="random_seed",
                         help="fix the sampler's RNG for reproducible answers (-1: random)")
     parser.add_argument("--candidates", type=int, metavar="K", help="choose each answer among K candidates (1: off)")
     parser.add_argument("--weights", type=weights_arg, default={}, metavar="NAME=W,...",
@@ -86,7 +87,7 @@ def overrides_of(args: argparse.Namespace) -> dict[str, object]:
         "engine.mode": args.mode, "engine.seed": args.random_seed, "sampler.temperature": args.temperature,
         "model.device": args.device, "model.path": str(args.model) if args.model else None,
         "log.level": "debug" if args.verbose else None, "sampler.candidates": args.candidates,
-        **{f"sampler.weight_{name}": value for name, value in args.weights.items()},
+        **{f"sampler.{WEIGHT}{name}": value for name, value in args.weights.items()},
     }
 
 
@@ -174,12 +175,20 @@ def data_names(sources: dict) -> str:
 def continue_to_file(config: Config, args: argparse.Namespace) -> None:
     from improvd.daemon import build_engine
     from improvd.model import StepModel
-    from improvd.seed import continue_offline, plot_format, plot_piano_roll, read_seed, seed_notes, write_continuation
+    from improvd.seed import (
+        OFFLINE_CANDIDATE_STEPS,
+        continue_offline,
+        plot_format,
+        plot_piano_roll,
+        read_seed,
+        seed_notes,
+        write_continuation,
+    )
 
     image_format = plot_format(args.plot) if args.plot else None  # before any work: a bad one costs nothing
     seed = read_seed(args.seed_file, args.seed_track, args.seed_from)
     model = StepModel(config.model.path, config.model.device)
-    engine = build_engine(config, model, now=0.0)
+    engine = build_engine(config, model, now=0.0, candidate_steps=OFFLINE_CANDIDATE_STEPS)
     started = time.perf_counter()
     notes = continue_offline(engine, seed, args.length)
     elapsed = time.perf_counter() - started

@@ -160,6 +160,27 @@ SECTIONS: dict[str, type] = {
     f.name: f.default_factory for f in fields(Config) if f.name not in ("source", "overridden")
 }
 
+
+def choices(section: type, key: str) -> tuple[str, ...]:
+    """The values ``section.key`` accepts, for command-line flags and checks elsewhere."""
+    return section.__dataclass_fields__[key].metadata["rule"].choices
+
+
+@dataclass
+class Live:
+    """The few values a musician turns while playing (by CC); they start from the config.
+
+    A new knob is a field here and a line in ``of``."""
+
+    mode: str
+    temperature: float
+    answer_ratio: float
+
+    @classmethod
+    def of(cls, config: Config) -> Live:
+        return cls(mode=config.engine.mode, temperature=config.sampler.temperature,
+                   answer_ratio=config.engine.answer_ratio)
+
 _EXPECTED = {
     bool: "a boolean",
     int: "an integer",

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 MAX_SEED_BYTES = 8 * 1024 * 1024  # a seed is a motif, not a symphony collection
 SEED_WINDOW_S = 120.0  # two minutes are folded in (the last, or from --seed-from): the LSTM forgets earlier
 SIMULATION_STEP_S = 0.01
-OFFLINE_CANDIDATE_STEPS = 1_000_000  # more events than any answer has
+# No clock to race offline: every candidate answer is finished before one is chosen.
+OFFLINE_CANDIDATE_STEPS = 1_000_000  # candidate events per poll: more than any answer has
 
 
 def read_seed(path: Path, track: int | None = None, start: float | None = None) -> list[tuple[float, mido.Message]]:
@@ -112,18 +113,18 @@ def released_at_end(messages: list[tuple[float, mido.Message]], end: float) -> l
 
 def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
                      length: float | None) -> list[vocab.Note]:
-    """The continuation's notes, generated in simulated time right after the motif; its
-    length is ``length`` seconds, or follows the motif's as a live answer would."""
+    """The continuation's notes, generated in simulated time right after the motif by an
+    engine made with ``candidate_steps=OFFLINE_CANDIDATE_STEPS``; its length is ``length``
+    seconds, or follows the motif's as a live answer would."""
     motif_end = seed[-1][0]
-    # No clock to race offline: every candidate answer is finished before one is chosen.
-    engine.settings.candidate_steps = OFFLINE_CANDIDATE_STEPS
     start = 10.0  # simulated clock; any value works, the engine only sees differences
-    replies = [engine.seed(seed, start + motif_end, length)]
+    replies = [engine.prime(seed, start + motif_end, length)]
     now = start + motif_end
-    limit = now + engine.settings.silence_ms / 1000 + (length or engine.settings.max_answer_s) + 5
+    settings = engine.config.engine
+    limit = now + settings.silence_ms / 1000 + (length or settings.max_answer_s) + 5
     while now < limit:
         replies.append(engine.poll(now))
-        if replies[-1].messages == [] and not engine.answering and engine.counters.answers:
+        if replies[-1].messages == [] and not engine.voice.answering and engine.counters.answers:
             break
         now += SIMULATION_STEP_S
     notes: list[vocab.Note] = []
@@ -148,7 +149,7 @@ def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
 
 def _why_empty(engine: Engine) -> str:
     if not engine.counters.notes_in:
-        channels = sorted(ch + 1 for ch in engine.settings.input_channels)
+        channels = sorted(engine.config.ports.input_channels)
         return f"improvd heard none of the motif's notes (ports.input_channels = {channels} leaves out their channels)"
     if not engine.counters.answers:
         return "the motif never fell silent, so improvd never answered"

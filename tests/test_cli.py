@@ -199,10 +199,10 @@ def test_cuda_that_cannot_start_exits_3_saying_why(tmp_path):
     assert not (tmp_path / "o.mid").exists()
 
 
-def test_seed_file_answer_is_chosen_among_candidates_reproducibly_by_seed(tmp_path):
+def test_seed_file_answer_is_chosen_among_candidates_reproducibly_by_random_seed(tmp_path):
     def answer(k, name):
         out = tmp_path / name
-        result = improvd("--seed-file", EXAMPLE, "--output-file", out, "--candidates", k, "--seed", "3",
+        result = improvd("--seed-file", EXAMPLE, "--output-file", out, "--candidates", k, "--random-seed", "3",
                          "--weights", "register=0.5")
         assert result.returncode == 0, result.stderr
         return vocab.midi_to_notes(mido.MidiFile(out), track=1)
