@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check improvd training tests bench
+	$(BIN)/ruff check improvd improvd_train tests bench
 
 # Reproduces the shipped model: the score model shipped before it (commit d308d03, made there by
 # `make model` from music21's corpus), fine-tuned on the performance MIDI in $(DATA) (ASAP +
@@ -32,15 +32,15 @@ runs/scores/improvd.onnx:
 	git show $(SCORE_MODEL_COMMIT):exported/improvd.onnx > $@
 
 model: $(STAMP) runs/scores/improvd.onnx
-	$(BIN)/python -m training.prepare --corpus '' --performances $(DATA)/asap --folder $(DATA)/pop909 \
+	$(BIN)/python -m improvd_train.prepare --corpus '' --performances $(DATA)/asap --folder $(DATA)/pop909 \
 		--out data/performance
-	$(BIN)/python -m training.train --data data/performance --out runs/default --init runs/scores/improvd.onnx \
+	$(BIN)/python -m improvd_train.train --data data/performance --out runs/default --init runs/scores/improvd.onnx \
 		--layers 3 --units 256 --embedding 128 --seq-len 512 --batch 32 --dropout 0.05 --steps-per-epoch 200 \
 		--epochs 100 --lr 1e-3 --lr-final 0.05 --max-minutes 50
-	$(BIN)/python -m training.export --run runs/default --out exported/improvd --quantize
-	$(BIN)/python -m training.evaluate --model exported/improvd.onnx --data data/performance \
+	$(BIN)/python -m improvd_train.export --run runs/default --out exported/improvd --quantize
+	$(BIN)/python -m improvd_train.evaluate --model exported/improvd.onnx --data data/performance \
 		--report exported/improvd.eval.json
-	$(BIN)/python -m training.listen --model exported/improvd.onnx --data data/performance \
+	$(BIN)/python -m improvd_train.listen --model exported/improvd.onnx --data data/performance \
 		--report exported/improvd.listen.json --candidates 1,8 --plots 3
 
 bench: $(STAMP)

@@ -30,7 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from improvd import vocab  # noqa: E402
-from training import evaluate, export, train  # noqa: E402
+from improvd_train import evaluate, export, train  # noqa: E402
 
 # ---- defaults -------------------------------------------------------------------------
 RUN = "runs/default"

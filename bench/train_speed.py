@@ -3,7 +3,7 @@
     python bench/train_speed.py                     # the default grid
     python bench/train_speed.py --configs 3x512:256:512:16,3x384:256:256:32
 
-A config is LAYERSxUNITS:EMBEDDING:SEQ_LEN:BATCH. Each is built with training.train's own
+A config is LAYERSxUNITS:EMBEDDING:SEQ_LEN:BATCH. Each is built with improvd_train.train's own
 model and optimizer, warmed up, then timed over --steps train steps on random tokens (the
 cost of an LSTM step does not depend on the data). Prints a table and writes
 bench/results/train_speed.json. Run it on an idle machine: both cores are its to use.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from improvd import vocab  # noqa: E402
-from training.train import build_model  # noqa: E402
+from improvd_train.train import build_model  # noqa: E402
 
 CONFIGS = "3x256:128:512:32,3x384:192:512:32,3x512:256:512:16,3x512:256:512:32"
 STEPS = 6

@@ -36,7 +36,7 @@ def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("package")
     source = root / "source"
     source.mkdir()
-    for name in ("improvd", "training", "exported"):
+    for name in ("improvd", "improvd_train", "exported"):
         shutil.copytree(PROJECT_ROOT / name, source / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -83,3 +83,13 @@ def test_installed_package_runs_its_own_model_and_code(installed, tmp_path):
         assert model.startswith(str(installed)) and model.endswith("improvd/exported/improvd.onnx"), model
         assert Path(model).read_bytes() == MODEL_PATH.read_bytes()
         assert lines[2].startswith("trained on ")
+
+
+def test_wheel_installs_no_top_level_training_package(installed, tmp_path):
+    """Training ships under improvd's own name: a top-level `training` would shadow any other."""
+    site = Path(run(installed / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                    env=user_env(tmp_path)).stdout.strip())
+    assert not (site / "training").exists()
+    assert (site / "improvd_train" / "train.py").exists()
+    top_level = {p.name for p in site.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert top_level == {"improvd", "improvd_train"}, top_level

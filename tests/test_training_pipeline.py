@@ -1,6 +1,6 @@
 """The offline pipeline end to end, on a handful of pieces and a tiny model: prepare -> train
 one epoch -> export (parity, int8) -> evaluate -> listen, each as its own
-`python -m training.<name>`, the way `make model` runs them; plus the n-gram baseline against
+`python -m improvd_train.<name>`, the way `make model` runs them; plus the n-gram baseline against
 its definition."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import pytest
 
 from improvd import vocab
 from improvd.model import FORMAT_VERSION
+from improvd_train import evaluate
+from improvd_train.train import load_split, piece_gap
 from tests.performance_fixtures import asap_like, pop_like
-from training import evaluate
-from training.train import load_split, piece_gap
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, UNITS, EMBEDDING = 2, 32, 16
@@ -34,10 +34,10 @@ UNIFORM_BITS = math.log2(vocab.VOCAB_SIZE)
 
 def run(module: str, *args) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", f"training.{module}", *map(str, args)],
+        [sys.executable, "-m", f"improvd_train.{module}", *map(str, args)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, f"training.{module} failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"improvd_train.{module} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
@@ -129,7 +129,7 @@ def test_tf_distribute_strategies_train_and_resume(pipeline, tmp_path, strategy,
 def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
     """Fine-tuning a shipped model (whose checkpoint is gone) starts from its .onnx: the
     int8 weights, dequantized, give the Keras model the exported model's predictions."""
-    from training.train import build_model, load_exported_weights
+    from improvd_train.train import build_model, load_exported_weights
 
     tokens = np.concatenate(load_split(pipeline.data, "test"))[:48]
     session = onnxruntime.InferenceSession(str(pipeline.onnx), providers=["CPUExecutionProvider"])
@@ -157,8 +157,8 @@ def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
 
 
 def test_a_fine_tuned_model_inherits_the_licences_of_the_model_it_started_from(tmp_path):
-    from training.export import starting_point, terms_of
-    from training.prepare import MUSIC21_LICENCE
+    from improvd_train.export import starting_point, terms_of
+    from improvd_train.prepare import MUSIC21_LICENCE
 
     old = tmp_path / "scores.onnx"  # a card from before cards named licences: its sources tell
     old.with_suffix(".json").write_text(json.dumps(

@@ -1,8 +1,8 @@
 """Corpus -> token arrays, split train/validation/test by piece.
 
-    python -m training.prepare --corpus essenFolksong,bach --out data/corpus
-    python -m training.prepare --folder ~/midi --out data/mine
-    python -m training.prepare --corpus '' --performances ../shared/data/asap \
+    python -m improvd_train.prepare --corpus essenFolksong,bach --out data/corpus
+    python -m improvd_train.prepare --folder ~/midi --out data/mine
+    python -m improvd_train.prepare --corpus '' --performances ../shared/data/asap \
         --folder ../shared/data/pop909 --out data/performance
 
 Sources are collections of the corpus that ships inside music21 (no download) and folders

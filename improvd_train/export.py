@@ -1,6 +1,6 @@
 """Trained weights -> single-step ONNX model + self-describing JSON (the daemon's contract).
 
-    python -m training.export --run runs/default --out exported/improvd --quantize
+    python -m improvd_train.export --run runs/default --out exported/improvd --quantize
 
 Writes <out>.onnx and <out>.json. The step graph takes `token` int32 [batch], `h`, `c`
 float32 [layers, batch, units] and gives `logits` [batch, vocab], `h_out`, `c_out`. Before
@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from improvd import vocab  # noqa: E402
 from improvd.model import FORMAT_VERSION  # noqa: E402
-from training import evaluate, prepare, train  # noqa: E402
+from improvd_train import evaluate, prepare, train  # noqa: E402
 
 # ---- defaults -------------------------------------------------------------------------
 RUN = "runs/default"

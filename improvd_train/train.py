@@ -1,9 +1,9 @@
 """Train the stacked LSTM on prepared tokens.
 
-    python -m training.train --data data/corpus --out runs/default
-    python -m training.train --out runs/default --resume
-    python -m training.train --strategy mirrored ...     # several GPUs on one machine
-    TF_CONFIG=... python -m training.train --strategy multiworker ...
+    python -m improvd_train.train --data data/corpus --out runs/default
+    python -m improvd_train.train --out runs/default --resume
+    python -m improvd_train.train --strategy mirrored ...     # several GPUs on one machine
+    TF_CONFIG=... python -m improvd_train.train --strategy multiworker ...
 
 Each epoch writes a checkpoint (weights + state.json), a CSV log line and the PNG learning
 curve into --out; the run's arguments live beside them in args.json (never pickle), so
