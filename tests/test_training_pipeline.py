@@ -154,6 +154,13 @@ def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
     card = json.loads((tmp_path / "tuned.json").read_text())
     assert card["training"]["started_from"]["onnx_sha256"] == pipeline.metadata["onnx_sha256"]
     assert card["licences"] == pipeline.metadata["licences"]  # what the starting model saw reaches this one
+    # the lineage: the starting model's runs, then this one, each with its data, time and figures
+    assert card["lineage"][:-1] == pipeline.metadata["lineage"] and len(pipeline.metadata["lineage"]) == 1
+    latest = card["lineage"][-1]
+    assert latest["figures"]["test_bits_per_event"] == card["held_out_bits_per_event"]
+    assert latest["started"] == json.loads((tmp_path / "args.json").read_text())["started"]
+    assert latest["augmentation"]["transpose"] > 0 and latest["data"]["files"] == pipeline.metadata["training"][
+        "data"]["files"]
 
 
 def test_a_fine_tuned_model_inherits_the_licences_of_the_model_it_started_from(tmp_path):
