@@ -28,6 +28,7 @@ EXIT_CODES = ("Exit codes: 0 ok, 1 training extra missing (pip install 'improvd[
               "empty, no MIDI, only drums, too few pieces), 3 training or export failed.")
 MINUTES = 20.0
 HOLDOUT = 8  # one piece in this many is held out (at least one)
+WARMUP = 20  # steps of learning-rate warm-up: a fresh Adam must not jolt the trained weights
 LR = 5e-4  # gentler than training from scratch: the shipped model already knows music
 
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "--data", work / "data", "--out", work / "run", "--init", base, "--layers", arch["layers"],
             "--units", arch["units"], "--embedding", arch["embedding"], "--dropout", arch.get("dropout", 0.0),
             "--seq-len", seq_len, "--batch", batch, "--lr", args.lr, "--lr-final", 0.05,
-            "--max-minutes", args.minutes, "--clip-norm", 3.0, "--progress", *steps])))
+            "--max-minutes", args.minutes, "--warmup-steps", WARMUP, "--clip-norm", 3.0, "--progress", *steps])))
         export.main(list(map(str, ["--run", work / "run", "--weights", "last", "--out", out, "--quantize"])))
     except (export.ExportError, OSError, ValueError, SystemExit) as err:
         print(f"improvd-train: {err}", file=sys.stderr)

@@ -45,6 +45,7 @@ VELOCITY_SCALE = 0.2  # velocities scaled by a factor drawn from 80%..120% per p
 STEPS_PER_EPOCH = 0  # 0: one pass over the training tokens
 MAX_MINUTES = 0.0  # 0: no wall-clock budget
 LR_FINAL = 0.0  # with a budget: decay the learning rate linearly to this fraction by its end (0: on plateau)
+WARMUP_STEPS = 0  # steps of linear learning-rate warm-up (with a budget): 0 = none
 SEED = 1
 SHUFFLE_WINDOWS = 1024  # windows mixed before batching, so a batch spans many pieces
 # ---------------------------------------------------------------------------------------
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, default=MAX_MINUTES, help="stop after this much training time")
     parser.add_argument("--lr-final", type=float, default=LR_FINAL,
                         help="with --max-minutes: decay the learning rate linearly to lr x this by the end")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
+                        help="with --max-minutes and --lr-final: raise the learning rate linearly over these steps")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
@@ -324,11 +327,16 @@ def main(argv: list[str] | None = None) -> None:
                 self.model.stop_training = True
 
     class BudgetDecay(keras.callbacks.Callback):
-        """A time budget, not an epoch count, bounds the run: decay against the clock."""
+        """A time budget, not an epoch count, bounds the run: decay against the clock, after a
+        linear warm-up that lets a fresh Adam settle before it moves trained weights at full rate."""
+
+        seen = 0
 
         def on_train_batch_begin(self, batch, logs=None):
             done = min(1.0, (time.monotonic() - started) / (args.max_minutes * 60))
-            self.model.optimizer.learning_rate.assign(args.lr * (1 - (1 - args.lr_final) * done))
+            self.seen += 1
+            warm = min(1.0, self.seen / args.warmup_steps) if args.warmup_steps else 1.0
+            self.model.optimizer.learning_rate.assign(args.lr * warm * (1 - (1 - args.lr_final) * done))
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

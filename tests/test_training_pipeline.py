@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -124,6 +125,43 @@ def test_tf_distribute_strategies_train_and_resume(pipeline, tmp_path, strategy,
     assert state["epoch"] == 2 and math.isfinite(state["best_val_loss"])
     assert json.loads((tmp_path / "args.json").read_text())["earlier"][0]["until_epoch"] == 1
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header + both epochs
+
+
+def test_two_worker_processes_train_one_model(pipeline, tmp_path):
+    """A real cluster on this machine: two processes, one TF_CONFIG each, gradients all-reduced
+    between them, so both end with the same weights."""
+    import socket
+
+    import h5py
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            ports.append(s.getsockname()[1])
+    workers = [f"localhost:{port}" for port in ports]
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                      "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "improvd_train.train", "--data", str(pipeline.data), "--out",
+             str(tmp_path / f"worker{index}"), "--layers", "1", "--units", "16", "--embedding", "8",
+             "--steps-per-epoch", "2", "--seq-len", "32", "--batch", "8", "--epochs", "1",
+             "--strategy", "multiworker"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(outputs)
+
+    def weights(index):
+        with h5py.File(tmp_path / f"worker{index}" / "last.weights.h5") as f:
+            arrays = []
+            f.visititems(lambda name, item: arrays.append(np.array(item)) if isinstance(item, h5py.Dataset) else None)
+            return arrays
+
+    first, second = weights(0), weights(1)
+    assert len(first) == len(second) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
