@@ -6,7 +6,7 @@
 Reads every MIDI file under FOLDER (reporting the ones it skips, and why), holds out about
 one piece in HOLDOUT (at least one) to measure on, fine-tunes the starting model (the one
 improvd ships, or --base) for --minutes with a progress bar, exports it (parity-checked,
-int8), and compares bits/event on the held-out pieces before and after: lower is better,
+fp32), and compares bits/event on the held-out pieces before and after: lower is better,
 and the number says how much more of your music the model now expects. The model and its
 card land in $XDG_DATA_HOME/improvd/models/NAME.onnx (~/.local/share/... by default); the
 prepared data and the training run stay beside it, in ../runs/NAME.
@@ -21,6 +21,7 @@ import hashlib
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 EXIT_OK, EXIT_SETUP, EXIT_FOLDER, EXIT_TRAINING = 0, 1, 2, 3
@@ -28,6 +29,7 @@ EXIT_CODES = ("Exit codes: 0 ok, 1 training extra missing (pip install 'improvd[
               "empty, no MIDI, only drums, too few pieces), 3 training or export failed.")
 MINUTES = 20.0
 HOLDOUT = 8  # one piece in this many is held out (at least one)
+STEPS_PER_EPOCH = 20
 WARMUP = 20  # steps of learning-rate warm-up: a fresh Adam must not jolt the trained weights
 LR = 5e-4  # gentler than training from scratch: the shipped model already knows music
 
@@ -129,14 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     batch = max(1, min(args.batch, splits["train"]["tokens"] // seq_len))
     before = evaluate.model_bits_per_event(base, held_out)
     out = models_dir() / name
-    steps = ["--steps-per-epoch", args.steps, "--epochs", 1] if args.steps else []
+    # an epoch (a validation pass and a checkpoint) every STEPS_PER_EPOCH steps at least, however small the folder
+    per_epoch = max(STEPS_PER_EPOCH, splits["train"]["tokens"] // (seq_len * batch))
+    steps = (["--steps-per-epoch", args.steps, "--epochs", 1] if args.steps
+             else ["--steps-per-epoch", per_epoch, "--epochs", 100_000])  # the budget ends it
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")  # its notes are for developers
     try:
         train.main(list(map(str, [
             "--data", work / "data", "--out", work / "run", "--init", base, "--layers", arch["layers"],
             "--units", arch["units"], "--embedding", arch["embedding"], "--dropout", arch.get("dropout", 0.0),
             "--seq-len", seq_len, "--batch", batch, "--lr", args.lr, "--lr-final", 0.05,
-            "--max-minutes", args.minutes, "--warmup-steps", WARMUP, "--clip-norm", 3.0, "--progress", *steps])))
-        export.main(list(map(str, ["--run", work / "run", "--weights", "last", "--out", out, "--quantize"])))
+            "--max-minutes", args.minutes, "--warmup-steps", WARMUP, "--clip-norm", 3.0, "--progress",
+            "--patience", 100_000, *steps])))  # the held-out pieces measure; they do not steer
+        # fp32: a fine-tune's small updates mostly fall between the int8 steps of the weights it started from
+        export.main(list(map(str, ["--run", work / "run", "--weights", "last", "--out", out])))
     except (export.ExportError, OSError, ValueError, SystemExit) as err:
         print(f"improvd-train: {err}", file=sys.stderr)
         return EXIT_TRAINING

@@ -306,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
             super().__init__()
             self.best = json.loads(state_path.read_text())["best_val_loss"] if args.resume else float("inf")
 
+        def on_train_batch_end(self, batch, logs=None):
+            if args.max_minutes and time.monotonic() - started > args.max_minutes * 60:
+                self.model.stop_training = True  # ends the epoch here: validation and checkpoint follow
+
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             self.model.save_weights(out / "last.weights.h5")
