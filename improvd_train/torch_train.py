@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-events", type=int, default=VALIDATION_EVENTS)
     parser.add_argument("--init", choices=("pack", "none"), default="pack",
                         help="start from the pack's weights (when their shape fits) or from scratch")
+    parser.add_argument("--checkpoint-dtype", choices=("float32", "float16"), default="float32",
+                        help="float16 halves the checkpoint files (a 3 x 512 model: 12 MB, not 24) for a "
+                             "transfer that limits file size; export reads either")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
 
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             val_bits = bits_per_event(model, validation, args.batch)
             train_loss = float(np.mean(losses)) if losses else float("nan")
             rate = (step - last_steps) * args.batch * args.seq_len / max(1e-9, time.monotonic() - last_checkpoint)
-            arrays = torch_lstm.keras_arrays(model)
+            arrays = {k: v.astype(args.checkpoint_dtype) for k, v in torch_lstm.keras_arrays(model).items()}
             torch_lstm.save_arrays(out / "last.weights.npz", arrays)
             if val_bits < best:
                 best = val_bits

@@ -158,7 +158,7 @@ def set_keras_arrays(model, arrays: dict[str, np.ndarray], source: object = "the
     for layer in model.layers:
         count = len(layer.get_weights())
         if count:
-            layer.set_weights([arrays[f"{layer.name}/{j}"] for j in range(count)])
+            layer.set_weights([np.asarray(arrays[f"{layer.name}/{j}"], np.float32) for j in range(count)])
 
 
 def load_exported_weights(model, onnx_path: Path) -> None:

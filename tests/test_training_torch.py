@@ -83,11 +83,12 @@ def test_a_torch_run_exports_through_the_parity_check(data, tmp_path):
     run_dir = tmp_path / "run"
     out = run("torch_train", "--pack", pack, "--out", run_dir, "--device", "cpu", "--layers", LAYERS,
               "--units", UNITS, "--embedding", EMBEDDING, "--seq-len", 32, "--batch", 4, "--steps", 4,
-              "--validation-events", 256)
+              "--validation-events", 256, "--checkpoint-dtype", "float16")  # as the GPU command runs it
     assert "best validation" in out
     state = json.loads((run_dir / "state.json").read_text())
     assert state["steps"] == 4 and state["best_val_bits_per_event"] < 1.2 * np.log2(vocab.VOCAB_SIZE)
-    assert (run_dir / "best.weights.npz").exists() and len((run_dir / "log.csv").read_text().splitlines()) >= 2
+    assert np.load(run_dir / "best.weights.npz")["lstm_0/0"].dtype == np.float16
+    assert len((run_dir / "log.csv").read_text().splitlines()) >= 2
     exported = run("export", "--run", run_dir, "--weights", "last", "--out", tmp_path / "gpu", "--quantize")
     assert "parity over" in exported
     card = json.loads((tmp_path / "gpu.json").read_text())
