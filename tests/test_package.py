@@ -93,3 +93,5 @@ def test_wheel_installs_no_top_level_training_package(installed, tmp_path):
     assert (site / "improvd_train" / "train.py").exists()
     top_level = {p.name for p in site.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert top_level == {"improvd", "improvd_train"}, top_level
+    usage = run(installed / "bin" / "improvd-train", "--help", cwd=tmp_path, env=user_env(tmp_path)).stdout
+    assert "improvd-train" in usage and "Exit codes" in usage
