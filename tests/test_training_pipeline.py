@@ -428,3 +428,20 @@ def test_ngram_distributions_sum_to_one():
             totals = sum(np.array([p[-1] for p in evaluate.ngram_probabilities(
                 model.statistics(stream), discount)]) for stream in candidates)
             np.testing.assert_allclose(totals, 1.0, rtol=1e-9)
+
+
+def test_a_run_without_a_recorded_start_is_dated_from_its_state(tmp_path):
+    """Runs whose args.json predates the `started` key still get a start date in the lineage."""
+    from improvd_train.export import run_record
+
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"elapsed_s": 3600.0, "best_val_bits_per_event": 5.0}))
+    ended = datetime.datetime(2026, 11, 30, 6, 0, tzinfo=datetime.UTC).timestamp()
+    os.utime(state, (ended, ended))
+    record = run_record(tmp_path, {"transpose": 6, "stretch": 0.15},
+                        {"sources": {"performances": ["../shared/data/asap"], "folders": ["../shared/data/pop909"]},
+                         "files": 1846}, {"fp32_bits_per_event": 5.1, "int8_bits_per_event": 5.11})
+    assert record["started"] == "2026-11-30T05:00Z" and record["minutes"] == 60.0
+    assert record["data"]["sources"] == ["asap", "pop909"] and record["data"]["files"] == 1846
+    assert record["augmentation"] == {"transpose": 6, "stretch": 0.15, "velocity_scale": 0}
+    assert record["figures"]["test_bits_per_event"] == 5.11 and record["trainer"] == "tensorflow"
