@@ -19,11 +19,14 @@ import argparse
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from improvd_train import torch_lstm
 
@@ -117,8 +120,19 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun (torch.distributed.run)
+    rank = 0
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank = dist.get_rank()
+        if args.batch % world:
+            raise SystemExit(f"torch_train: --batch {args.batch} (global) must divide among {world} processes")
+    batch = args.batch // world  # each process's share of the global batch
+    torch.manual_seed(args.seed)  # the same initial weights in every process
+    generator = torch.Generator(device=device).manual_seed(args.seed + rank)  # different windows in each
     packed = np.load(args.pack)
     header = json.loads(packed["header"].tobytes())
     train_tokens = torch.from_numpy(stream(packed["train_tokens"], packed["train_offsets"])).to(device)
@@ -134,9 +148,13 @@ def main(argv: list[str] | None = None) -> None:
         torch_lstm.load_keras_arrays(model, init)
         started_from = header["init"]
     model.to(device).train()
+    trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model  # gradients averaged over the processes at every step
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     out = args.out
+    if rank:
+        return follow(trained, optimizer, train_tokens, generator, batch, args, device)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     # export reads data, layers, units, embedding, dropout and init from here, as from train.py's runs
@@ -158,8 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     last_steps = 0
     while True:
         elapsed = time.monotonic() - train_started
-        done = elapsed >= budget or (args.steps and step >= args.steps)
-        if done or time.monotonic() - last_checkpoint >= args.checkpoint_minutes * 60:
+        done = bool(elapsed >= budget or (args.steps and step >= args.steps))
+        due = done or time.monotonic() - last_checkpoint >= args.checkpoint_minutes * 60
+        if world > 1:  # every process stops at the same step
+            dist.broadcast(torch.tensor([int(done)], device=device), 0)
+        if due:
             val_bits = bits_per_event(model, validation, args.batch)
             train_loss = float(np.mean(losses)) if losses else float("nan")
             rate = (step - last_steps) * args.batch * args.seq_len / max(1e-9, time.monotonic() - last_checkpoint)
@@ -182,22 +203,51 @@ def main(argv: list[str] | None = None) -> None:
                 break
         fraction = min(1.0, (time.monotonic() - train_started) / budget)
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup)) * (1 - (1 - args.lr_final) * fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        starts = torch.randint(0, len(train_tokens) - args.seq_len - 1, (args.batch, 1), device=device,
-                               generator=generator)
-        windows = transpose(train_tokens[starts + torch.arange(args.seq_len + 1, device=device)], args.transpose,
-                            generator)
-        logits = model(windows[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_norm)
-        optimizer.step()
-        losses.append(float(loss))  # a sync per step: negligible beside a 512-step LSTM pass
+        if world > 1:
+            dist.broadcast(torch.tensor([lr], device=device), 0)
+        losses.append(train_step(trained, optimizer, train_tokens, generator, batch, lr, args, device))
         step += 1
     print(f"torch_train: best validation {best:.4f} bits/event after {step} steps, "
           f"{time.monotonic() - started:.0f} s in all -> {out}")
+    finish(model, rank, world)
+
+
+def train_step(trained, optimizer, tokens, generator, batch, lr, args, device) -> float:
+    """One optimizer step on `batch` random windows; the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    starts = torch.randint(0, len(tokens) - args.seq_len - 1, (batch, 1), device=device, generator=generator)
+    windows = transpose(tokens[starts + torch.arange(args.seq_len + 1, device=device)], args.transpose, generator)
+    logits = trained(windows[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trained.parameters(), args.clip_norm)
+    optimizer.step()
+    return float(loss)  # a sync per step: negligible beside a 512-step LSTM pass
+
+
+def follow(trained, optimizer, tokens, generator, batch, args, device) -> None:
+    """A process other than the first: train in step with it (it decides when to stop and the
+    learning rate), write nothing."""
+    model = trained.module
+    while True:
+        done = torch.tensor([0], device=device)
+        dist.broadcast(done, 0)
+        if int(done):
+            break
+        lr = torch.tensor([0.0], device=device)
+        dist.broadcast(lr, 0)
+        train_step(trained, optimizer, tokens, generator, batch, float(lr), args, device)
+    finish(model, dist.get_rank(), dist.get_world_size())
+
+
+def finish(model, rank: int, world: int) -> None:
+    """Every process names a checksum of its weights (the same in all, when training was in step)."""
+    if world > 1:
+        checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
+        print(f"torch_train: process {rank} of {world}: weights checksum {checksum:.10e}", flush=True)
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

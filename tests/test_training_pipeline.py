@@ -127,6 +127,9 @@ def test_tf_distribute_strategies_train_and_resume(pipeline, tmp_path, strategy,
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header + both epochs
 
 
+@pytest.mark.xfail(strict=True, reason="Keras 3's fit() cannot take MultiWorkerMirroredStrategy's per-replica "
+                   "batches with more than one worker (keras-team/keras#20585, tensorflow/tensorflow#72388): "
+                   "scale-out across processes goes through torch.distributed (test_training_torch.py)")
 def test_two_worker_processes_train_one_model(pipeline, tmp_path):
     """A real cluster on this machine: two processes, one TF_CONFIG each, gradients all-reduced
     between them, so both end with the same weights."""
