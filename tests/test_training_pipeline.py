@@ -184,9 +184,11 @@ def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
     fresh = model.predict(tokens[None, :], verbose=0)[0]
     load_exported_weights(model, pipeline.onnx)
     loaded = model.predict(tokens[None, :], verbose=0)[0]
-    scale = np.abs(streamed).max()
-    assert np.abs(loaded - streamed).max() <= 0.05 * scale  # int8 weights and activations
-    assert np.abs(fresh - streamed).max() > 0.2 * scale
+    # int8 weights and activations stream close to the dequantized weights in fp32; a model
+    # that did not load them is ten times further off (a tiny, briefly trained model's logits
+    # span little, so the bound is relative to that distance, not to their size)
+    loaded_off, fresh_off = np.abs(loaded - streamed).max(), np.abs(fresh - streamed).max()
+    assert loaded_off <= 0.1 * fresh_off, (loaded_off, fresh_off)
     run("train", "--data", pipeline.data, "--out", tmp_path, "--layers", LAYERS, "--units", UNITS,
         "--embedding", EMBEDDING, "--epochs", 1, "--steps-per-epoch", 1, "--seq-len", 64, "--batch", 8,
         "--init", pipeline.onnx)
