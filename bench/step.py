@@ -17,7 +17,6 @@ A benchmark, not a test: it prints a table and writes JSON (--out); nothing is a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -59,6 +58,14 @@ def from_run(run: Path, folder: Path) -> tuple[dict, dict[str, Path], object]:
     export.convert(model, size["layers"], size["units"], paths["fp32"])
     export.quantize(paths["fp32"], paths["int8"])
     return size, paths, model
+
+
+def have_keras() -> bool:
+    try:
+        import keras  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def cuda_session(path: Path):
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                 for key in ("layers", "units", "embedding", "dropout")}
         # the seed approach's cost does not depend on weights; a machine without Keras (a GPU
         # machine with PyTorch only) times the step model alone
-        keras_model = train.build_model(**size) if importlib.util.find_spec("keras") else None
+        keras_model = train.build_model(**size) if have_keras() else None
         source = {name: str(p) for name, p in paths.items()}
     else:
         run = Path(args.run or RUN)
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     import onnxruntime
 
     results = {
-        "machine": {**evaluate.machine(), "keras": importlib.util.find_spec("keras") is not None,
+        "machine": {**evaluate.machine(), "keras": keras_model is not None,
                     "onnxruntime_providers": onnxruntime.get_available_providers()},
         "model": {**size, "source": source},
         "settings": {"steps": args.steps, "warmup": WARMUP, "window": args.window,
