@@ -224,7 +224,7 @@ def train_step(trained, optimizer, tokens, generator, batch, lr, args, device) -
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trained.parameters(), args.clip_norm)
     optimizer.step()
-    return float(loss)  # a sync per step: negligible beside a 512-step LSTM pass
+    return float(loss.detach())  # a sync per step: negligible beside a 512-step LSTM pass
 
 
 def follow(trained, optimizer, tokens, generator, batch, args, device) -> None:

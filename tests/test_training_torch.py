@@ -113,7 +113,10 @@ def test_two_processes_train_one_model_through_torch_distributed(data, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     checksums = dict(re.findall(r"process (\d) of 2: weights checksum (\S+)", output))
-    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"], output
+    assert set(checksums) == {"0", "1"}, output
+    # equal to float32 rounding: each Adam step moves every weight by about the learning rate
+    # (1e-3), so processes out of step would differ from the fourth digit on
+    assert float(checksums["0"]) == pytest.approx(float(checksums["1"]), rel=1e-6), output
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["steps"] == 3
     trained = np.load(tmp_path / "run" / "last.weights.npz")
