@@ -1,8 +1,8 @@
 """Listener checks: improvd's continuations of held-out performances beside what the
 performer really played next.
 
-    python -m training.listen --data data/performance --model exported/improvd.onnx
-    python -m training.listen --candidates 1,16          # one row per number of candidates
+    python -m improvd_train.listen --data data/performance --model exported/improvd.onnx
+    python -m improvd_train.listen --candidates 1,16          # one row per number of candidates
 
 For each test performance of --data (one per piece, at least 36 s long), the primer is its
 notes from 20 s to 28 s (notes begun there, cut at 28 s: every key and the pedal released
@@ -165,7 +165,7 @@ def run_improvd(primer: Path, answer: Path, model: Path, seed: int, extra: list[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=DATA, help="prepared data with files.json (training.prepare)")
+    parser.add_argument("--data", default=DATA, help="prepared data with files.json (improvd_train.prepare)")
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--pieces", type=int, default=PIECES, help="at most this many primers (0: all)")
     parser.add_argument("--candidates", default="",

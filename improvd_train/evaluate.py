@@ -1,6 +1,6 @@
 """Held-out bits/event of an exported model, beside the best n-gram on the same tokens.
 
-    python -m training.evaluate --model exported/improvd.onnx --data data/corpus \\
+    python -m improvd_train.evaluate --model exported/improvd.onnx --data data/corpus \\
         --report exported/improvd.eval.json
 
 A model's bits/event means little alone: what it learned beyond local statistics shows only
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from improvd import vocab
-from training.train import load_split, piece_gap
+from improvd_train.train import load_split, piece_gap
 
 # ---- defaults -------------------------------------------------------------------------
 MODEL = "exported/improvd.onnx"
