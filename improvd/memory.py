@@ -35,6 +35,8 @@ HORIZON_EVENTS = 4000
 HORIZON_S = 600.0
 SHIFT_CLASS_TICKS = 5  # time shifts in 50 ms classes as context
 VELOCITY_CLASS_BINS = 4  # velocities in classes of four bins (16 MIDI values) as context
+SHIFT_BLUR = 0.05  # predicted time shifts spread by a Gaussian of this width in log time (5 %)
+VELOCITY_BLUR = 0.5  # predicted velocities spread by a Gaussian this many bins wide
 STRENGTH = 0.5  # 0: the trained model alone, 0.5: the weight fitted on held-out data, 1: mirror
 # The adaptive weight's coefficients over weight_features (bias, order, log2(1 + count), escape),
 # fitted by `python -m training.evaluate --fit` on the validation split.
@@ -64,6 +66,18 @@ def _class_table(shift_ticks: int, velocity_bins: int) -> np.ndarray:
     return table
 
 
+def _blur(values: np.ndarray, width: float) -> np.ndarray:
+    """[source, destination]: how a count at one value spreads over its neighbours (each row
+    sums to 1), a Gaussian of ``width`` in the units of ``values``; identity at width 0."""
+    if width <= 0:
+        return np.eye(len(values))
+    kernel = np.exp(-0.5 * ((values[None, :] - values[:, None]) / width) ** 2)
+    return kernel / kernel.sum(1, keepdims=True)
+
+
+BLOCKS = ((SHIFT, vocab.MAX_SHIFT_TICKS), (VELOCITY, vocab.VELOCITY_BINS))
+
+
 @dataclass(frozen=True)
 class Context:
     """Where a stream stands, for the memory: its last events as context classes, and the
@@ -88,12 +102,17 @@ class Memory:
 
     def __init__(self, max_order: int = MAX_ORDER, horizon_events: int = HORIZON_EVENTS,
                  horizon_s: float = HORIZON_S, shift_class_ticks: int = SHIFT_CLASS_TICKS,
-                 velocity_class_bins: int = VELOCITY_CLASS_BINS, relative_pitch: bool = True) -> None:
+                 velocity_class_bins: int = VELOCITY_CLASS_BINS, relative_pitch: bool = True,
+                 shift_blur: float = SHIFT_BLUR, velocity_blur: float = VELOCITY_BLUR) -> None:
         self.max_order = max_order
         self.relative = RELATIVE if relative_pitch else np.broadcast_to(np.arange(SIZE), RELATIVE.shape)
         self.horizon_events = horizon_events
         self.horizon_s = horizon_s
         self.classes = _class_table(shift_class_ticks, velocity_class_bins)
+        # a time shift a little longer or shorter, a velocity a little louder or softer: what
+        # followed a context is expected again, give or take (on a log scale for time)
+        self.blurs = (_blur(np.log(np.arange(1, vocab.MAX_SHIFT_TICKS + 1)), shift_blur),
+                      _blur(np.arange(vocab.VELOCITY_BINS, dtype=float), velocity_blur))
         self.reset()
 
     def reset(self) -> None:
@@ -124,8 +143,7 @@ class Memory:
     def advance(self, context: Context, token: int) -> Context:
         """``context`` after ``token``: the stream's, or a candidate row's."""
         symbols = (*context.symbols, int(self.classes[self.relative[context.ref, token]]))[-self.max_order:]
-        ref = token - ON if ON <= token < ON + 128 else context.ref
-        return Context(symbols, ref)
+        return Context(symbols, token - ON if ON <= token < ON + 128 else context.ref)
 
     def follow(self, token: int) -> None:
         """An event heard but not learnt from (improvd's own): the context moves on."""
@@ -180,15 +198,21 @@ class Memory:
         the whole distribution: what scoring a long performance needs, event by event."""
         symbols = context.symbols
         target = int(self.relative[context.ref, token])
-        p, order, escape, count = 1.0 / SIZE, -1, 1.0, 0
+        block = next(((start, size, blur) for (start, size), blur in zip(BLOCKS, self.blurs, strict=True)
+                      if start <= target < start + size), None)
+        p = 1.0 / SIZE if block is None else np.full(block[1], 1.0 / SIZE)
+        order, escape, count = -1, 1.0, 0
         for length in range(len(symbols) + 1):
             slot = self._slots.get(symbols[len(symbols) - length:])
             if slot is None:
                 break
             total, types = int(self._total[slot]), int(self._types[slot])
-            p = (int(self._counts[slot, target]) + types * p) / (total + types)
+            seen = self._counts[slot, target] if block is None else self._counts[slot, block[0]:block[0] + block[1]]
+            p = (seen + types * p) / (total + types)
             order, escape, count = length, types / (total + types), total
-        return p, order, escape, count
+        if block is not None:
+            p = p @ block[2][:, target - block[0]]
+        return float(p), order, escape, count
 
     def predict(self, contexts: Sequence[Context]) -> Prediction:
         """The next-event distribution after each of ``contexts``: Witten-Bell, from the
@@ -218,6 +242,8 @@ class Memory:
         top = np.maximum(order, 0)[:, None]
         escape = np.where(order >= 0, np.take_along_axis(escapes, top, 1)[:, 0], 1.0)
         count = np.take_along_axis(total, top, 1)[:, 0]
+        for (start, size), blur in zip(BLOCKS, self.blurs, strict=True):
+            probs[:, start:start + size] = probs[:, start:start + size] @ blur
         refs = np.array([c.ref for c in contexts])
         absolute = probs[np.arange(rows)[:, None], self.relative[refs]]
         return Prediction(absolute, order, escape, count)
