@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from improvd import vocab
+from improvd.memory import Context, Memory, mix
 from improvd.model import State, StepModel
 from improvd.sampler import Grammar, Sampler
 
@@ -73,6 +74,7 @@ class Line:
 
     encoder: vocab.Encoder
     own_notes: dict[int, int]
+    context: Context = Context()  # the memory's, after this line's events
     after_velocity: bool = False
     note_first: bool = True  # an answer opens on a note
     tokens: list[int] = field(default_factory=list)
@@ -132,14 +134,18 @@ class Search:
     """K candidate answers from one state, advanced a few steps per engine poll."""
 
     def __init__(self, model: StepModel, sampler: Sampler, start: State, line: Line, plan: Plan,
-                 k: int, phrase: Profile | None, weights: Weights) -> None:
+                 k: int, phrase: Profile | None, weights: Weights, memory: Memory | None = None,
+                 strength: float = 0.0) -> None:
         started = time.perf_counter()
         self.model, self.sampler, self.plan, self.phrase, self.weights = model, sampler, plan, phrase, weights
+        self.memory, self.strength = memory, strength
         h, c, logits = start.h, start.c, start.logits
+        context = line.context
         for token in vocab.time_shift_tokens(round(plan.deadline / vocab.TICK_S) - line.encoder.tick):
             logits, h, c = model.run([token], h, c)
             line.encoder.apply(token)
-        self.lines = [Line(line.encoder.copy(), dict(line.own_notes)) for _ in range(k)]
+            context = memory.advance(context, token) if memory is not None else context
+        self.lines = [Line(line.encoder.copy(), dict(line.own_notes), context) for _ in range(k)]
         self.active = np.arange(k)  # rows of h/c/logits: the lines still short of the end
         self.h, self.c = np.repeat(h, k, axis=1), np.repeat(c, k, axis=1)
         self.logits = np.repeat(logits, k, axis=0)
@@ -160,11 +166,14 @@ class Search:
                 break
             lines = [self.lines[i] for i in self.active]
             allowed = np.stack([self.sampler.mask(line.grammar(end_tick)) for line in lines])
-            tokens = self.sampler.sample_rows(self.logits, allowed)
-            shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+            logits = self._mixed([line.context for line in lines])
+            tokens = self.sampler.sample_rows(logits, allowed)
+            shifted = logits - logits.max(axis=1, keepdims=True)
             log_probs = shifted[np.arange(len(tokens)), tokens] - np.log(np.exp(shifted).sum(axis=1))
             for line, token, log_prob in zip(lines, tokens, log_probs, strict=True):
                 line.apply(int(token), float(log_prob))
+                if self.memory is not None:
+                    line.context = self.memory.advance(line.context, int(token))
             going = np.array([line.encoder.tick * vocab.TICK_S < end for line in lines])
             self.active = self.active[going]
             if going.any():
@@ -173,6 +182,13 @@ class Search:
         if self.done and self.ready_at is None:
             self.ready_at = now
         self.compute_s += time.perf_counter() - started
+
+    def _mixed(self, contexts: list[Context]) -> np.ndarray:
+        """The rows' logits mixed with the memory's prediction after each row's context (the
+        fluency term then scores each line under the mixture too)."""
+        if self.memory is None or self.strength <= 0 or not self.memory.events:
+            return self.logits
+        return mix(self.logits, self.memory.predict(contexts), self.strength)
 
     def choose(self, now: float) -> Choice | None:
         """The best-scoring candidate so far (finished or not); None if none has a note yet."""

@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--candidates", type=int, metavar="K", help="choose each answer among K candidates (1: off)")
     parser.add_argument("--weights", type=weights_arg, default={}, metavar="NAME=W,...",
                         help=f"candidate score weights, any of {', '.join(WEIGHTS)} (see config.toml [sampler])")
-    parser.add_argument("--seed-file", type=Path, help="a MIDI motif to prime the model with")
+    parser.add_argument("--memory-strength", type=float, metavar="S",
+                        help="mix the memory of your playing into the model's choices: 0 = the model alone, "
+                             "1 = mirror you (see config.toml [memory])")
+    parser.add_argument("--seed-file", type=Path, help="a MIDI motif to prime the model (and the memory) with")
     parser.add_argument("--seed-track", type=int, help="use only this track of the seed file (0-based)")
     parser.add_argument("--output-file", type=Path, help="write motif + continuation here and exit (no ports)")
     parser.add_argument("--plot", type=Path, help="with --output-file: a piano-roll PNG")
@@ -68,6 +71,7 @@ def overrides_of(args: argparse.Namespace) -> dict[str, object]:
         "engine.mode": args.mode, "engine.seed": args.random_seed, "sampler.temperature": args.temperature,
         "model.device": args.device, "model.path": str(args.model) if args.model else None,
         "log.level": "debug" if args.verbose else None, "sampler.candidates": args.candidates,
+        "memory.strength": args.memory_strength,
         **{f"sampler.weight_{name}": value for name, value in args.weights.items()},
     }
 

@@ -24,6 +24,7 @@ from improvd import sampler as sampler_module
 from improvd.config import Config, load_config
 from improvd.engine import Engine, Reply, Timed
 from improvd.errors import ImprovdError, PortError
+from improvd.memory import Memory
 from improvd.model import StepModel
 from improvd.notify import Notifier
 from improvd.ports import InputPort, Midi, OutputPort, backend
@@ -53,7 +54,8 @@ def engine_settings(config: Config) -> engine_module.Settings:
         input_channels=frozenset(ch - 1 for ch in p.input_channels), output_channel=p.output_channel - 1,
         passthrough=p.passthrough, temperature_cc=c.temperature_cc, answer_length_cc=c.answer_length_cc,
         mode_cc=c.mode_cc, panic_cc=c.panic_cc, clock=c.clock, candidates=config.sampler.candidates,
-        weights=weights(config),
+        weights=weights(config), memory_strength=config.memory.strength, memory_cc=c.memory_cc,
+        memory_reset_cc=c.memory_reset_cc,
     )
 
 
@@ -74,7 +76,8 @@ def sampler_settings(config: Config) -> sampler_module.Settings:
 
 def build_engine(config: Config, model: StepModel, now: float) -> Engine:
     sampler = sampler_module.Sampler(sampler_settings(config), engine_module.make_rng(config.engine.seed))
-    return Engine(model, sampler, engine_settings(config), now)
+    memory = Memory(horizon_events=config.memory.horizon_events, horizon_s=config.memory.horizon_s)
+    return Engine(model, sampler, engine_settings(config), now, memory)
 
 
 class Inbox:
@@ -407,6 +410,8 @@ class Daemon:
                    ] if self.server_lost_at is not None else []
         parts = waiting + [f"mode {engine.settings.mode if engine else self.config.engine.mode}",
                  f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
+        if engine is not None:
+            parts.append(f"memory {engine.settings.memory_strength:.2f} ({engine.memory.events} events)")
         if engine is not None and engine.clock_bpm:
             parts.append(f"clock {engine.clock_bpm:.0f} bpm")
         if engine is not None and not engine.playing:
@@ -421,7 +426,9 @@ class Daemon:
         if self.engine is not None:
             c = self.engine.counters
             extra.update(notes_in=c.notes_in, notes_out=c.notes_out, answers=c.answers,
-                         barge_ins=c.barge_ins, ignored=c.messages_ignored)
+                         barge_ins=c.barge_ins, ignored=c.messages_ignored,
+                         memory_strength=round(self.engine.settings.memory_strength, 3),
+                         memory_events=self.engine.memory.events)
         if self.model is not None:
             now, steps = time.monotonic(), self.model.steps
             last_time, last_steps = self._last_steps

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 import mido
 import numpy as np
 
+from improvd import memory as memory_module
 from improvd import vocab
 from improvd.candidates import Choice, Line, Plan, Profile, Search, Weights
+from improvd.memory import Memory
 from improvd.model import State, StepModel
 from improvd.sampler import Grammar, Sampler
 
@@ -53,6 +55,9 @@ class Settings:
     candidates: int = 1  # call-response answers chosen among this many; 1: sampled as they play
     weights: Weights = field(default_factory=Weights)
     candidate_steps: int = 2  # candidate events per poll: small, so input is never kept waiting
+    memory_strength: float = memory_module.STRENGTH  # 0: the model alone .. 1: mirror the player
+    memory_cc: int = 3
+    memory_reset_cc: int = 81
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class _Snapshot:
     after_velocity: bool
     note_first: bool
     first_note_pending: bool
+    memory: memory_module.Context
 
 
 @dataclass(frozen=True)
@@ -117,8 +123,10 @@ def _ticks(seconds: float) -> int:
 
 
 class Engine:
-    def __init__(self, model: StepModel, sampler: Sampler, settings: Settings, now: float) -> None:
+    def __init__(self, model: StepModel, sampler: Sampler, settings: Settings, now: float,
+                 memory: Memory | None = None) -> None:
         self.model = model
+        self.memory = memory if memory is not None else Memory()  # the player's events, this session
         self.sampler = sampler
         self.settings = settings
         self.counters = Counters()
@@ -183,7 +191,7 @@ class Engine:
                 self.phrase_start = now
                 self.phrase_notes = []
             self.phrase_notes.append((message.note, message.velocity))
-        self._fold(self.encoder.feed(message, now))
+        self._fold(self.encoder.feed(message, now), learn_at=now)
         self.last_player_time = now
         return reply
 
@@ -266,6 +274,7 @@ class Engine:
             return Reply()
         log.info("mode: %s -> %s", self.settings.mode, mode)
         reply = self.panic(now)
+        self.memory.reset()
         self.settings.mode = mode
         return reply
 
@@ -280,6 +289,10 @@ class Engine:
             self.sampler.settings.temperature = 0.25 * 8 ** (value / 127)
         elif control == s.answer_length_cc:
             s.answer_ratio = 0.25 * 16 ** (value / 127)  # a quarter .. four times the phrase
+        elif control == s.memory_cc:
+            s.memory_strength = value / 127
+        elif control == s.memory_reset_cc:
+            self.memory.reset()
         elif control == s.mode_cc:
             return self.set_mode("duet" if value >= 64 else "call-response", now)
         else:
@@ -317,14 +330,27 @@ class Engine:
     def _player_keys_down(self) -> bool:
         return bool(self.encoder.sounding - self.own_notes.keys())
 
-    def _fold(self, tokens: list[int]) -> None:
+    def _fold(self, tokens: list[int], learn_at: float | None = None) -> None:
+        """Tokens into the model state and the memory's context; the memory learns them when
+        they are the player's (``learn_at``: when they were played)."""
         self.search = None  # the stream changes under it: candidates from before are stale
         for token in tokens:
             self.model.step([token])
+            if learn_at is None:
+                self.memory.follow(token)
+            else:
+                self.memory.learn(token, learn_at)
+
+    def mixed(self, logits: np.ndarray, contexts: list[memory_module.Context]) -> np.ndarray:
+        """The model's logits [rows, vocab] mixed with the memory's prediction after each row's
+        context; untouched at strength 0 (the model alone, exactly)."""
+        if self.settings.memory_strength <= 0 or not self.memory.events:
+            return logits
+        return memory_module.mix(logits, self.memory.predict(contexts), self.settings.memory_strength)
 
     def _snapshot(self) -> _Snapshot:
         return _Snapshot(self.model.snapshot(), self.encoder.copy(), dict(self.own_notes),
-                         self.after_velocity, self.note_first, self.first_note_pending)
+                         self.after_velocity, self.note_first, self.first_note_pending, self.memory.context)
 
     def _restore(self, snapshot: _Snapshot) -> None:
         self.model.restore(snapshot.model)
@@ -333,6 +359,7 @@ class Engine:
         self.after_velocity = snapshot.after_velocity
         self.note_first = snapshot.note_first
         self.first_note_pending = snapshot.first_note_pending
+        self.memory.context = snapshot.memory
         self.script.clear()
 
     def heard(self, now: float) -> None:
@@ -392,11 +419,12 @@ class Engine:
         if now >= deadline - self._lookahead():
             return
         if self.search is None:
-            line = Line(self.encoder.copy(), dict(self.own_notes))
+            line = Line(self.encoder.copy(), dict(self.own_notes), self.memory.context)
             phrase = Profile.of(self.phrase_notes, self._phrase_length())
             start = State(self.model.h, self.model.c, self.model.logits)
             self.search = Search(self.model, self.sampler, start, line, self._plan(deadline),
-                                 self.settings.candidates, phrase, self.settings.weights)
+                                 self.settings.candidates, phrase, self.settings.weights, self.memory,
+                                 self.settings.memory_strength)
         self.search.advance(self.settings.candidate_steps, now)
 
     def _choose(self, plan: Plan, now: float) -> None:
@@ -454,7 +482,7 @@ class Engine:
                               _ticks(self.answer_end - self.output_offset) if self.answering else None)
             token = self._scripted(grammar)
             if token is None:
-                token = self.sampler.sample(self.model.logits[0], grammar)
+                token = self.sampler.sample(self.mixed(self.model.logits, [self.memory.context])[0], grammar)
             message = self._journal_and_apply(token)
             if message is not None:
                 deadline = None
@@ -491,6 +519,7 @@ class Engine:
     def _apply(self, token: int) -> mido.Message | None:
         """Feed a generated token to the model and the stream; the MIDI message it plays."""
         self.model.step([token])
+        self.memory.follow(token)
         self.encoder.apply(token)
         event = vocab.decode(token)
         self.after_velocity = event.type is vocab.EventType.VELOCITY

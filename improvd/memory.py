@@ -40,7 +40,7 @@ VELOCITY_BLUR = 0.5  # predicted velocities spread by a Gaussian this many bins 
 STRENGTH = 0.5  # 0: the trained model alone, 0.5: the weight fitted on held-out data, 1: mirror
 # The adaptive weight's coefficients over weight_features (bias, order, log2(1 + count), escape),
 # fitted by `python -m training.evaluate --fit` on the validation split.
-ADAPTIVE = (-1.0, 0.3, 0.0, -1.0)
+ADAPTIVE = (0.59, 0.56, -0.18, -6.43)
 # ---------------------------------------------------------------------------------------
 
 
@@ -266,3 +266,14 @@ def adaptive_weight(order: np.ndarray, escape: np.ndarray, count: np.ndarray, st
     base = 1 / (1 + np.exp(-weight_features(order, escape, count) @ np.asarray(coefficients)))
     share = base ** (np.log(strength) / np.log(0.5)) if strength < 1 else np.ones_like(base)
     return np.where(np.asarray(order) >= 0, share, 0.0)
+
+
+def mix(logits: np.ndarray, prediction: Prediction, strength: float) -> np.ndarray:
+    """Row by row, log((1 - w) softmax(logits) + w memory) with w the adaptive weight at
+    ``strength``: scores the sampler takes as it takes the model's logits."""
+    weight = adaptive_weight(prediction.order, prediction.escape, prediction.count, strength)[:, None]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    model = np.exp(shifted)
+    model /= model.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return np.log((1 - weight) * model + weight * prediction.probs)

@@ -184,6 +184,14 @@ def judge(answer: dict, reference: dict) -> dict:
     }
 
 
+def located(path: Path, data: Path) -> Path:
+    """A file named in files.json: as written, or relative to the checkout that prepared
+    ``data`` (prepare runs from the repository root: data/<name> is two levels down)."""
+    if path.is_absolute() or path.exists():
+        return path
+    return data.resolve().parent.parent / path
+
+
 def primers(data: Path, split: str, per_kind: int) -> list[tuple[str, str, Path]]:
     """(kind, piece, file) of one performance per piece of ``split``, long enough for
     primer and reference, at most ``per_kind`` of each kind spread over the split."""
@@ -191,7 +199,7 @@ def primers(data: Path, split: str, per_kind: int) -> list[tuple[str, str, Path]
     chosen: dict[str, list[tuple[str, str, Path]]] = {}
     seen = set()
     for entry in files:
-        path = Path(entry["path"])
+        path = located(Path(entry["path"]), data)
         source = entry["piece"].split("/")[0]
         kind = KINDS.get(source, source)
         if entry["piece"] in seen or path.suffix.lower() not in (".mid", ".midi"):
