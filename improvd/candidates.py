@@ -9,6 +9,7 @@ winner is replayed into it), so throwing it away when the player comes back cost
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,21 @@ from improvd.sampler import Grammar, Sampler
 log = logging.getLogger(__name__)
 
 MIN_PROFILE_S = 0.5  # densities of shorter stretches are noise: count them over this long
+IOI_EDGES = np.geomspace(0.01, 2.0, 13)  # inter-onset intervals in 12 log bins, 10 ms - 2 s
+TOGETHER_S = 0.03  # onsets closer than this are struck together (a chord)
+
+
+def ioi_histogram(onsets: np.ndarray) -> np.ndarray:
+    """The share of inter-onset intervals in each of 12 log bins (outside values clipped in)."""
+    iois = np.clip(np.diff(np.sort(onsets)), IOI_EDGES[0], IOI_EDGES[-1] * 0.999)
+    counts = np.histogram(iois, IOI_EDGES)[0].astype(float)
+    return counts / max(counts.sum(), 1)
+
+
+def together_share(onsets: np.ndarray) -> float:
+    """The share of onsets struck within TOGETHER_S of the one before: how chordal."""
+    iois = np.diff(np.sort(onsets))
+    return float((iois < TOGETHER_S).mean()) if len(iois) else 0.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,9 @@ class Weights:
     register: float = 0.25
     density: float = 1.0
     dynamics: float = 0.02
+    rhythm: float = 1.0  # x (1 - overlap of the inter-onset-interval histograms)
+    note_length: float = 0.5  # x |log2 of the median note-length ratio|
+    texture: float = 1.0  # x |difference in the share of onsets struck together|
 
 
 @dataclass(frozen=True)
@@ -46,15 +65,25 @@ class Profile:
     mean_pitch: float
     density: float  # notes per second
     mean_velocity: float
+    iois: np.ndarray | None = None  # inter-onset-interval histogram (None: timing unknown)
+    median_length: float = 0.0  # seconds
+    together: float = 0.0  # share of onsets struck together
 
     @classmethod
-    def of(cls, notes: list[tuple[int, int]], seconds: float) -> Profile | None:
-        """The profile of (pitch, velocity) onsets over ``seconds``; None without notes."""
+    def of(cls, notes: list[tuple[int, int]], seconds: float,
+           timing: list[tuple[float, float]] | None = None) -> Profile | None:
+        """The profile of (pitch, velocity) onsets over ``seconds``, with each note's (start,
+        end) in seconds when known; None without notes."""
         if not notes:
             return None
         pitches, velocities = np.array(notes, float).T
         counts = np.bincount(pitches.astype(int) % 12, minlength=12).astype(float)
-        return cls(counts, float(pitches.mean()), len(notes) / max(seconds, MIN_PROFILE_S), float(velocities.mean()))
+        profile = cls(counts, float(pitches.mean()), len(notes) / max(seconds, MIN_PROFILE_S), float(velocities.mean()))
+        if not timing:
+            return profile
+        starts, ends = np.array(timing, float).T
+        return dataclasses.replace(profile, iois=ioi_histogram(starts), together=together_share(starts),
+                                   median_length=float(max(np.median(ends - starts), vocab.TICK_S)))
 
     def fit(self, phrase: Profile, weights: Weights) -> float:
         """How well this answer fits ``phrase``: the score's terms other than fluency."""
@@ -64,7 +93,16 @@ class Profile:
         return (weights.pitch_class * correlation
                 - weights.register * abs(self.mean_pitch - phrase.mean_pitch)
                 - weights.density * abs(np.log2(self.density / phrase.density))
-                - weights.dynamics * abs(self.mean_velocity - phrase.mean_velocity))
+                - weights.dynamics * abs(self.mean_velocity - phrase.mean_velocity)
+                - self._timing_distance(phrase, weights))
+
+    def _timing_distance(self, phrase: Profile, weights: Weights) -> float:
+        """Rhythm, note length and texture apart from the phrase's (0 when either's timing is unknown)."""
+        if self.iois is None or phrase.iois is None:
+            return 0.0
+        return (weights.rhythm * (1 - float(np.minimum(self.iois, phrase.iois).sum()))
+                + weights.note_length * abs(np.log2(self.median_length / phrase.median_length))
+                + weights.texture * abs(self.together - phrase.together))
 
 
 @dataclass
@@ -79,6 +117,7 @@ class Line:
     note_first: bool = True  # an answer opens on a note
     tokens: list[int] = field(default_factory=list)
     notes: list[tuple[int, int]] = field(default_factory=list)  # (pitch, velocity) onsets
+    timing: list[list[int]] = field(default_factory=list)  # [start, end (-1: sounding), pitch] ticks of each note
     log_prob: float = 0.0
 
     def grammar(self, end_tick: int) -> Grammar:
@@ -97,8 +136,12 @@ class Line:
             velocity_bin = self.encoder.velocity_bin
             bin_ = vocab.velocity_to_bin(vocab.DEFAULT_VELOCITY) if velocity_bin is None else velocity_bin
             self.notes.append((event.value, vocab.bin_to_velocity(bin_)))
+            self.timing.append([self.encoder.tick, -1, event.value])
         elif event.type is vocab.EventType.NOTE_OFF:
             self.own_notes.pop(event.value, None)
+            for timing in self.timing:
+                if timing[1] < 0 and timing[2] == event.value:
+                    timing[1] = self.encoder.tick
 
 
 @dataclass(frozen=True)
@@ -207,7 +250,9 @@ class Search:
     def score(self, line: Line) -> float:
         """fluency x mean log-probability + fit to the phrase; -inf for a line with no note."""
         seconds = (line.encoder.tick - round(self.plan.deadline / vocab.TICK_S)) * vocab.TICK_S
-        profile = Profile.of(line.notes, seconds)
+        timing = [(start * vocab.TICK_S, (end if end >= 0 else line.encoder.tick) * vocab.TICK_S)
+                  for start, end, _ in line.timing]
+        profile = Profile.of(line.notes, seconds, timing)
         if profile is None:
             return -np.inf
         fit = 0.0 if self.phrase is None else profile.fit(self.phrase, self.weights)

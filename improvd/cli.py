@@ -20,7 +20,7 @@ log = logging.getLogger("improvd")
 
 EXIT_OK = 0
 EXIT_CODES = "Exit codes: 0 ok, 1 configuration, 2 bad input file, 3 model, 4 ports, 5 empty continuation."
-WEIGHTS = ("fluency", "pitch_class", "register", "density", "dynamics")
+WEIGHTS = ("fluency", "pitch_class", "register", "density", "dynamics", "rhythm", "note_length", "texture")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -63,7 +63,8 @@ def weights(config: Config) -> candidates_module.Weights:
     s = config.sampler
     return candidates_module.Weights(fluency=s.weight_fluency, pitch_class=s.weight_pitch_class,
                                      register=s.weight_register, density=s.weight_density,
-                                     dynamics=s.weight_dynamics)
+                                     dynamics=s.weight_dynamics, rhythm=s.weight_rhythm,
+                                     note_length=s.weight_note_length, texture=s.weight_texture)
 
 
 def sampler_settings(config: Config) -> sampler_module.Settings:

@@ -152,6 +152,7 @@ class Engine:
         self._phrase_start_before_answer: float | None = None
         self.last_player_time = now
         self.phrase_notes: list[tuple[int, int]] = []  # (pitch, velocity) of the phrase's notes
+        self.phrase_timing: list[list[float]] = []  # [start, end (-1: still down), pitch] of each
         self.search: Search | None = None  # candidate answers for the coming deadline
         self.script: deque[int] = deque()  # the chosen answer's events, not yet played
         self.choice: Choice | None = None  # the last choice, until the daemon takes it
@@ -189,9 +190,11 @@ class Engine:
                 reply.extend(self._stop_generating(now))
             if self.phrase_start is None:
                 self.phrase_start = now
-                self.phrase_notes = []
+                self.phrase_notes, self.phrase_timing = [], []
             self.phrase_notes.append((message.note, message.velocity))
-        self._fold(self.encoder.feed(message, now), learn_at=now)
+        tokens = self.encoder.feed(message, now)
+        self._time_phrase(tokens, now)
+        self._fold(tokens, learn_at=now)
         self.last_player_time = now
         return reply
 
@@ -330,6 +333,16 @@ class Engine:
     def _player_keys_down(self) -> bool:
         return bool(self.encoder.sounding - self.own_notes.keys())
 
+    def _time_phrase(self, tokens: list[int], now: float) -> None:
+        """When the phrase's notes start and end, as the model hears them (pedal folded in)."""
+        for token in tokens:
+            if vocab.NOTE_ON_OFFSET <= token < vocab.NOTE_OFF_OFFSET and self.phrase_start is not None:
+                self.phrase_timing.append([now, -1.0, token - vocab.NOTE_ON_OFFSET])
+            elif vocab.NOTE_OFF_OFFSET <= token < vocab.TIME_SHIFT_OFFSET:
+                for timing in self.phrase_timing:
+                    if timing[1] < 0 and timing[2] == token - vocab.NOTE_OFF_OFFSET:
+                        timing[1] = now
+
     def _fold(self, tokens: list[int], learn_at: float | None = None) -> None:
         """Tokens into the model state and the memory's context; the memory learns them when
         they are the player's (``learn_at``: when they were played)."""
@@ -420,7 +433,8 @@ class Engine:
             return
         if self.search is None:
             line = Line(self.encoder.copy(), dict(self.own_notes), self.memory.context)
-            phrase = Profile.of(self.phrase_notes, self._phrase_length())
+            timing = [(start, end if end >= 0 else self.last_player_time) for start, end, _ in self.phrase_timing]
+            phrase = Profile.of(self.phrase_notes, self._phrase_length(), timing)
             start = State(self.model.h, self.model.c, self.model.logits)
             self.search = Search(self.model, self.sampler, start, line, self._plan(deadline),
                                  self.settings.candidates, phrase, self.settings.weights, self.memory,

@@ -200,7 +200,8 @@ class Memory:
         target = int(self.relative[context.ref, token])
         block = next(((start, size, blur) for (start, size), blur in zip(BLOCKS, self.blurs, strict=True)
                       if start <= target < start + size), None)
-        p = 1.0 / SIZE if block is None else np.full(block[1], 1.0 / SIZE)
+        p = 0.0 if block is None else np.zeros(block[1])  # from the counts; the uniform part apart:
+        uniform = 1.0 / SIZE  # a blur moves what was counted, not the floor under everything
         order, escape, count = -1, 1.0, 0
         for length in range(len(symbols) + 1):
             slot = self._slots.get(symbols[len(symbols) - length:])
@@ -210,9 +211,10 @@ class Memory:
             seen = self._counts[slot, target] if block is None else self._counts[slot, block[0]:block[0] + block[1]]
             p = (seen + types * p) / (total + types)
             order, escape, count = length, types / (total + types), total
+            uniform *= escape
         if block is not None:
             p = p @ block[2][:, target - block[0]]
-        return float(p), order, escape, count
+        return float(p + uniform), order, escape, count
 
     def predict(self, contexts: Sequence[Context]) -> Prediction:
         """The next-event distribution after each of ``contexts``: Witten-Bell, from the
@@ -237,13 +239,13 @@ class Memory:
         longer = np.cumprod(np.concatenate([np.ones((rows, 1)), escapes[:, :0:-1]], 1), 1)[:, ::-1]
         weights = np.where(seen, longer / denominator, 0.0)
         probs = np.matmul(weights[:, None, :], self._counts[at]).reshape(rows, SIZE)
+        for (start, size), blur in zip(BLOCKS, self.blurs, strict=True):  # what was counted, not the floor
+            probs[:, start:start + size] = probs[:, start:start + size] @ blur
         probs += (longer[:, 0] * escapes[:, 0] / SIZE)[:, None]
         order = seen.sum(1) - 1
         top = np.maximum(order, 0)[:, None]
         escape = np.where(order >= 0, np.take_along_axis(escapes, top, 1)[:, 0], 1.0)
         count = np.take_along_axis(total, top, 1)[:, 0]
-        for (start, size), blur in zip(BLOCKS, self.blurs, strict=True):
-            probs[:, start:start + size] = probs[:, start:start + size] @ blur
         refs = np.array([c.ref for c in contexts])
         absolute = probs[np.arange(rows)[:, None], self.relative[refs]]
         return Prediction(absolute, order, escape, count)

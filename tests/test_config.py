@@ -151,7 +151,7 @@ def test_override_problems_say_they_come_from_the_command_line(tmp_path: Path) -
             "invalid configuration:",
             "sampler.temprature: unknown key (did you mean 'temperature'?) (command line)",
             "tempo: unknown section (valid sections: model, ports, engine, sampler, controls,"
-            " telemetry, service, log) (command line)",
+            " memory, telemetry, service, log) (command line)",
             "sampler.temperature: must be greater than 0 and at most 5, got 0.0 (command line)",
         ]
     )
