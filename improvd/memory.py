@@ -37,7 +37,10 @@ SHIFT_CLASS_TICKS = 5  # time shifts in 50 ms classes as context
 VELOCITY_CLASS_BINS = 4  # velocities in classes of four bins (16 MIDI values) as context
 SHIFT_BLUR = 0.05  # predicted time shifts spread by a Gaussian of this width in log time (5 %)
 VELOCITY_BLUR = 0.5  # predicted velocities spread by a Gaussian this many bins wide
-STRENGTH = 0.5  # 0: the trained model alone, 0.5: the weight fitted on held-out data, 1: mirror
+KEY_PRIOR = 1.0  # predicted notes weighted by the player's pitch-class counts plus this (0: off)
+# 0: the trained model alone; 0.5: the weight that predicts held-out performances best; 1: mirror
+# the player. 0.7 leans towards the player: closer to the player's time on validation primers.
+STRENGTH = 0.7
 # The adaptive weight's coefficients over weight_features (bias, order, log2(1 + count), escape),
 # fitted by `python -m training.evaluate --fit` on the validation split.
 ADAPTIVE = (0.59, 0.56, -0.18, -6.43)
@@ -103,7 +106,9 @@ class Memory:
     def __init__(self, max_order: int = MAX_ORDER, horizon_events: int = HORIZON_EVENTS,
                  horizon_s: float = HORIZON_S, shift_class_ticks: int = SHIFT_CLASS_TICKS,
                  velocity_class_bins: int = VELOCITY_CLASS_BINS, relative_pitch: bool = True,
-                 shift_blur: float = SHIFT_BLUR, velocity_blur: float = VELOCITY_BLUR) -> None:
+                 shift_blur: float = SHIFT_BLUR, velocity_blur: float = VELOCITY_BLUR,
+                 key_prior: float = KEY_PRIOR) -> None:
+        self.key_prior = key_prior
         self.max_order = max_order
         self.relative = RELATIVE if relative_pitch else np.broadcast_to(np.arange(SIZE), RELATIVE.shape)
         self.horizon_events = horizon_events
@@ -123,7 +128,8 @@ class Memory:
         self._types = np.zeros(64, np.int64)
         self._free = list(range(63, -1, -1))
         self._keys: list[tuple[int, ...]] = [()] * 64  # the context of each slot in use
-        self._events: deque[tuple[float, tuple[int, ...], int]] = deque()  # (time, slots, target)
+        self._events: deque[tuple[float, tuple[int, ...], int, int]] = deque()  # (time, slots, target, token)
+        self._pitch_classes = np.zeros(12)  # of the notes struck inside the horizon
         self.context = Context()
 
     @property
@@ -165,7 +171,9 @@ class Memory:
             self._counts[slot, target] += 1
             self._total[slot] += 1
             slots.append(slot)
-        self._events.append((now, tuple(slots), target))
+        self._events.append((now, tuple(slots), target, token))
+        if ON <= token < ON + 128:
+            self._pitch_classes[(token - ON) % 12] += 1
         self.follow(token)
         self._forget(now)
 
@@ -183,7 +191,9 @@ class Memory:
         """Take back the counts of events that left the horizon; free their empty contexts."""
         while self._events and (len(self._events) > self.horizon_events
                                 or self._events[0][0] < now - self.horizon_s):
-            _, slots, target = self._events.popleft()
+            _, slots, target, token = self._events.popleft()
+            if ON <= token < ON + 128:
+                self._pitch_classes[(token - ON) % 12] -= 1
             for slot in slots:
                 self._counts[slot, target] -= 1
                 if self._counts[slot, target] == 0:
@@ -196,6 +206,10 @@ class Memory:
     def probability(self, context: Context, token: int) -> tuple[float, int, float, int]:
         """(p(token), order, escape, count) of ``predict([context])``, for one token without
         the whole distribution: what scoring a long performance needs, event by event."""
+        if self.key_prior and ON <= token < ON + 128:  # the key weighs on the whole NOTE_ON block
+            prediction = self.predict([context])
+            return (float(prediction.probs[0, token]), int(prediction.order[0]), float(prediction.escape[0]),
+                    int(prediction.count[0]))
         symbols = context.symbols
         target = int(self.relative[context.ref, token])
         block = next(((start, size, blur) for (start, size), blur in zip(BLOCKS, self.blurs, strict=True)
@@ -248,6 +262,11 @@ class Memory:
         count = np.take_along_axis(total, top, 1)[:, 0]
         refs = np.array([c.ref for c in contexts])
         absolute = probs[np.arange(rows)[:, None], self.relative[refs]]
+        if self.key_prior:  # steps taken from where the player is now land in the player's key
+            keys = (self._pitch_classes + self.key_prior) / (self._pitch_classes.sum() + 12 * self.key_prior)
+            notes = absolute[:, ON:ON + 128]
+            weighted = notes * np.tile(keys, 11)[:128]
+            absolute[:, ON:ON + 128] = weighted * (notes.sum(1) / weighted.sum(1))[:, None]
         return Prediction(absolute, order, escape, count)
 
 
