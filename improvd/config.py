@@ -128,7 +128,7 @@ class MemoryConfig:
     """The player memory: what improvd learns of this player while it runs."""
 
     strength: float = setting(memory.STRENGTH, ge=0, le=1)
-    horizon_events: int = setting(memory.HORIZON_EVENTS, ge=1, le=100000)
+    horizon_events: int = setting(memory.HORIZON_EVENTS, ge=1, le=20000)
     horizon_s: float = setting(memory.HORIZON_S, gt=0)
 
 

@@ -122,12 +122,16 @@ class Memory:
 
     def reset(self) -> None:
         """Forget everything: a new player, mode or model."""
+        # Every event adds at most one context per order, so the horizon bounds the contexts:
+        # room for all of them from the start (zeroed pages cost no memory until touched), and
+        # never a copy to grow into while someone is playing.
+        capacity = self.horizon_events * (self.max_order + 1) + 1
         self._slots: dict[tuple[int, ...], int] = {}
-        self._counts = np.zeros((64, SIZE), np.uint16)
-        self._total = np.zeros(64, np.int64)
-        self._types = np.zeros(64, np.int64)
-        self._free = list(range(63, -1, -1))
-        self._keys: list[tuple[int, ...]] = [()] * 64  # the context of each slot in use
+        self._counts = np.zeros((capacity, SIZE), np.uint16)
+        self._total = np.zeros(capacity, np.int64)
+        self._types = np.zeros(capacity, np.int64)
+        self._free = list(range(capacity - 1, -1, -1))
+        self._keys: list[tuple[int, ...]] = [()] * capacity  # the context of each slot in use
         self._events: deque[tuple[float, tuple[int, ...], int, int]] = deque()  # (time, slots, target, token)
         self._pitch_classes = np.zeros(12)  # of the notes struck inside the horizon
         self.context = Context()
@@ -164,7 +168,7 @@ class Memory:
             key = symbols[len(symbols) - order:]
             slot = self._slots.get(key)
             if slot is None:
-                slot = self._slots[key] = self._allocate()
+                slot = self._slots[key] = self._free.pop()
                 self._keys[slot] = key
             if self._counts[slot, target] == 0:
                 self._types[slot] += 1
@@ -176,16 +180,6 @@ class Memory:
             self._pitch_classes[(token - ON) % 12] += 1
         self.follow(token)
         self._forget(now)
-
-    def _allocate(self) -> int:
-        if not self._free:  # grow by doubling; the horizon bounds how far
-            size = len(self._total)
-            self._counts = np.concatenate([self._counts, np.zeros_like(self._counts)])
-            self._total = np.concatenate([self._total, np.zeros_like(self._total)])
-            self._types = np.concatenate([self._types, np.zeros_like(self._types)])
-            self._keys += [()] * size
-            self._free = list(range(2 * size - 1, size - 1, -1))
-        return self._free.pop()
 
     def _forget(self, now: float) -> None:
         """Take back the counts of events that left the horizon; free their empty contexts."""

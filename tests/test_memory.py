@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -85,24 +87,29 @@ def test_forgetting_takes_back_exactly_what_was_learnt():
     assert memory.contexts == fresh.contexts
 
 
+def resident_bytes() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def test_memory_stays_bounded_over_a_simulated_day():
-    """A day of playing at about two events a second: the memory's size stops growing once
-    the horizon is full, and the oldest material is gone."""
+    """A day of playing at about two events a second, new material every hour: once the
+    horizon is full the memory holds no more events or contexts, and the process no more RAM."""
     rng = np.random.default_rng(0)
     memory = Memory(horizon_events=2000, horizon_s=600.0)
     sizes, now = [], 0.0
     for _hour in range(24):
-        pitches = rng.integers(48, 84, 500)  # new material every hour, so contexts keep changing
+        pitches = rng.integers(48, 84, 500)
         notes = [vocab.Note(int(p), int(rng.integers(40, 110)), i * 0.5, i * 0.5 + 0.3) for i, p in enumerate(pitches)]
         tokens = vocab.notes_to_tokens(notes)
         for i, token in enumerate(tokens):
             memory.learn(token, now + i * 3600 / len(tokens))
+        memory.predict([memory.context] * 8)
         now += 3600
-        sizes.append((memory.events, memory.contexts, memory.nbytes))
-    events, contexts, nbytes = np.array(sizes).T
-    assert events.max() <= 2000 and contexts[2:].max() <= 1.2 * contexts[1]
-    assert nbytes[2:].max() == nbytes[1]  # no growth after the first hours
-    assert memory.events < 1000  # the 600 s horizon holds about a sixth of an hour's events
+        sizes.append((memory.events, memory.contexts, resident_bytes()))
+    events, contexts, resident = np.array(sizes).T
+    assert events.max() <= 2000 and memory.events < 1000  # the 600 s horizon: a sixth of an hour
+    assert contexts[2:].max() <= 1.2 * contexts[1]
+    assert resident[2:].max() - resident[1] < 4 * 2**20  # flat after the first hours
 
 
 def test_adaptive_weight_follows_the_strength():
