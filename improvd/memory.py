@@ -134,7 +134,6 @@ class Memory:
         self._keys: list[tuple[int, ...]] = [()] * capacity  # the context of each slot in use
         self._events: deque[tuple[float, tuple[int, ...], int, int]] = deque()  # (time, slots, target, token)
         self._pitch_classes = np.zeros(12)  # of the notes struck inside the horizon
-        self.context = Context()
 
     @property
     def events(self) -> int:
@@ -151,18 +150,16 @@ class Memory:
         return len(self._slots)
 
     def advance(self, context: Context, token: int) -> Context:
-        """``context`` after ``token``: the stream's, or a candidate row's."""
+        """``context`` after ``token`` heard but not learnt from (improvd's own, or a
+        candidate row's)."""
         symbols = (*context.symbols, int(self.classes[self.relative[context.ref, token]]))[-self.max_order:]
         return Context(symbols, token - ON if ON <= token < ON + 128 else context.ref)
 
-    def follow(self, token: int) -> None:
-        """An event heard but not learnt from (improvd's own): the context moves on."""
-        self.context = self.advance(self.context, token)
-
-    def learn(self, token: int, now: float) -> None:
-        """A player's event at ``now``: counted after each of its contexts, then followed."""
-        symbols = self.context.symbols
-        target = int(self.relative[self.context.ref, token])
+    def learn(self, context: Context, token: int, now: float) -> Context:
+        """A player's event at ``now`` after ``context``: counted after each of its
+        contexts; the context after it."""
+        symbols = context.symbols
+        target = int(self.relative[context.ref, token])
         slots = []
         for order in range(len(symbols) + 1):
             key = symbols[len(symbols) - order:]
@@ -178,8 +175,8 @@ class Memory:
         self._events.append((now, tuple(slots), target, token))
         if ON <= token < ON + 128:
             self._pitch_classes[(token - ON) % 12] += 1
-        self.follow(token)
         self._forget(now)
+        return self.advance(context, token)
 
     def _forget(self, now: float) -> None:
         """Take back the counts of events that left the horizon; free their empty contexts."""
@@ -196,6 +193,14 @@ class Memory:
                 if self._total[slot] == 0:
                     del self._slots[self._keys[slot]]
                     self._free.append(slot)
+
+    def mixed(self, logits: np.ndarray, contexts: Sequence[Context], strength: float) -> np.ndarray:
+        """The model's logits [rows, vocab] mixed with this memory's prediction after each
+        row's context; the logits themselves at strength 0 or with nothing learnt (the
+        trained model alone, exactly)."""
+        if strength <= 0 or not self._events:
+            return logits
+        return mix(logits, self.predict(contexts), strength)
 
     def probability(self, context: Context, token: int) -> tuple[float, int, float, int]:
         """(p(token), order, escape, count) of ``predict([context])``, for one token without

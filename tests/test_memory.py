@@ -18,16 +18,25 @@ def motif_tokens(transpose=0, tempo=1.0, velocity=80, repeats=1, start=0.0):
     return vocab.notes_to_tokens(notes)
 
 
-def learnt(tokens, memory=None, start=0.0, rate=0.01):
+def learnt(tokens, memory=None, context=None, start=0.0, rate=0.01):
+    """(memory, context after the tokens): the tokens learnt one by one."""
     memory = memory or Memory()
+    context = context or Context()
     for i, token in enumerate(tokens):
-        memory.learn(token, start + i * rate)
-    return memory
+        context = memory.learn(context, token, start + i * rate)
+    return memory, context
+
+
+def heard(memory, tokens, context=None):
+    context = context or Context()
+    for token in tokens:
+        context = memory.advance(context, token)
+    return context
 
 
 def test_distribution_sums_to_one_and_agrees_with_single_token_probability():
-    memory = learnt(motif_tokens(repeats=3))
-    contexts = [memory.context, Context(), memory.advance(memory.context, vocab.NOTE_ON_OFFSET + 70)]
+    memory, context = learnt(motif_tokens(repeats=3))
+    contexts = [context, Context(), memory.advance(context, vocab.NOTE_ON_OFFSET + 70)]
     prediction = memory.predict(contexts)
     np.testing.assert_allclose(prediction.probs.sum(1), 1.0)
     for row, context in enumerate(contexts):
@@ -38,11 +47,12 @@ def test_distribution_sums_to_one_and_agrees_with_single_token_probability():
                                               prediction.count[row])
 
 
-def continuation_bits(memory, tokens):
+def continuation_bits(learnt_, tokens):
+    memory, context = learnt_
     bits = []
     for token in tokens:
-        bits.append(-np.log2(memory.probability(memory.context, token)[0]))
-        memory.follow(token)
+        bits.append(-np.log2(memory.probability(context, token)[0]))
+        context = memory.advance(context, token)
     return float(np.mean(bits))
 
 
@@ -56,33 +66,31 @@ def test_a_motif_heard_twice_is_predicted_again_transposed_faster_and_softer():
 
 
 def test_improvds_own_events_move_the_context_but_teach_nothing():
-    memory = learnt(motif_tokens())
+    memory, context = learnt(motif_tokens())
     contexts, events = memory.contexts, memory.events
-    before = memory.predict([memory.context]).probs
-    for token in motif_tokens(transpose=3):
-        memory.follow(token)
+    before = memory.predict([context]).probs
+    after = heard(memory, motif_tokens(transpose=3), context)
     assert (memory.contexts, memory.events) == (contexts, events)
-    assert not np.allclose(memory.predict([memory.context]).probs, before)
+    assert not np.allclose(memory.predict([after]).probs, before)
 
 
 def test_reset_forgets_everything():
-    memory = learnt(motif_tokens(repeats=3))
+    memory, context = learnt(motif_tokens(repeats=3))
     memory.reset()
     assert memory.events == 0 and memory.contexts == 0
-    np.testing.assert_allclose(memory.predict([memory.context]).probs, 1 / vocab.VOCAB_SIZE)
-    assert memory.predict([memory.context]).order[0] == -1
+    np.testing.assert_allclose(memory.predict([context]).probs, 1 / vocab.VOCAB_SIZE)
+    assert memory.predict([context]).order[0] == -1
 
 
 def test_forgetting_takes_back_exactly_what_was_learnt():
     """An event leaving the horizon takes its counts with it: the memory is then the same
     as one that only ever heard the events still inside."""
     tokens = motif_tokens(repeats=4) + motif_tokens(transpose=-7, tempo=1.3, repeats=3)
-    memory = learnt(tokens, Memory(horizon_events=100))
+    memory, context = learnt(tokens, Memory(horizon_events=100))
     fresh = Memory(horizon_events=100)
-    for token in tokens[:-100]:  # heard, never learnt: the same contexts for the events after
-        fresh.follow(token)
-    learnt(tokens[-100:], fresh)
-    probe = [memory.context, Context(), Context((vocab.NOTE_ON_OFFSET + 62,), 60)]
+    before = heard(fresh, tokens[:-100])  # heard, never learnt: the same contexts for the events after
+    learnt(tokens[-100:], fresh, before)
+    probe = [context, Context(), Context((vocab.NOTE_ON_OFFSET + 62,), 60)]
     np.testing.assert_allclose(memory.predict(probe).probs, fresh.predict(probe).probs)
     assert memory.contexts == fresh.contexts
 
@@ -96,14 +104,14 @@ def test_memory_stays_bounded_over_a_simulated_day():
     horizon is full the memory holds no more events or contexts, and the process no more RAM."""
     rng = np.random.default_rng(0)
     memory = Memory(horizon_events=2000, horizon_s=600.0)
-    sizes, now = [], 0.0
+    sizes, now, context = [], 0.0, Context()
     for _hour in range(24):
         pitches = rng.integers(48, 84, 500)
         notes = [vocab.Note(int(p), int(rng.integers(40, 110)), i * 0.5, i * 0.5 + 0.3) for i, p in enumerate(pitches)]
         tokens = vocab.notes_to_tokens(notes)
         for i, token in enumerate(tokens):
-            memory.learn(token, now + i * 3600 / len(tokens))
-        memory.predict([memory.context] * 8)
+            context = memory.learn(context, token, now + i * 3600 / len(tokens))
+        memory.predict([context] * 8)
         now += 3600
         sizes.append((memory.events, memory.contexts, resident_bytes()))
     events, contexts, resident = np.array(sizes).T
@@ -143,10 +151,11 @@ def played(times=3):
 
 
 def answer(seed, **settings):
-    from improvd.seed import continue_offline
+    """The engine (production defaults but ``settings``) and its answer to the motif played three times."""
+    from improvd.seed import OFFLINE_CANDIDATE_STEPS, continue_offline
     from tests.engine_helpers import make_engine
 
-    engine = make_engine(seed=seed, candidates=8, **settings)
+    engine = make_engine(random_seed=seed, candidate_steps=OFFLINE_CANDIDATE_STEPS, **settings)
     return engine, continue_offline(engine, played()[0], 6.0)
 
 
@@ -157,36 +166,41 @@ def test_a_motif_played_three_times_is_answered_in_its_rhythm():
 
     motif = ioi_histogram(played()[1])
     with_memory = [overlap(motif, ioi_histogram(answer(seed)[1])) for seed in (1, 2, 3)]
-    without = [overlap(motif, ioi_histogram(answer(seed, memory_strength=0.0)[1])) for seed in (1, 2, 3)]
+    without = [overlap(motif, ioi_histogram(answer(seed, strength=0.0)[1])) for seed in (1, 2, 3)]
     assert np.mean(with_memory) >= 0.45 and np.mean(with_memory) > np.mean(without) + 0.2, (with_memory, without)
 
 
 def test_strength_zero_is_the_model_alone_note_for_note():
     """At strength 0 the answer is the one the trained model gives with nothing learnt:
     same seed, same notes; a strength above it changes them."""
-    from improvd.seed import continue_offline
+    from improvd.memory import Memory as Base
+    from improvd.seed import OFFLINE_CANDIDATE_STEPS, continue_offline
     from tests.engine_helpers import make_engine
 
-    engine, alone = answer(5, memory_strength=0.0)
+    engine, alone = answer(5, strength=0.0)
     assert engine.memory.events > 0  # it listened all the same
-    deaf = make_engine(seed=5, candidates=8, memory_strength=0.8)
-    deaf.memory.learn = lambda token, now: deaf.memory.follow(token)  # hears, never learns
+
+    class Deaf(Base):
+        def learn(self, context, token, now):  # hears, never learns
+            return self.advance(context, token)
+
+    deaf = make_engine(random_seed=5, candidate_steps=OFFLINE_CANDIDATE_STEPS, strength=0.8)
+    deaf.memory.__class__ = Deaf
     assert continue_offline(deaf, played()[0], 6.0) == alone
-    assert answer(5, memory_strength=0.8)[1] != alone
+    assert answer(5, strength=0.8)[1] != alone
 
 
 def test_the_memory_learns_the_players_events_not_improvds():
     from tests.engine_helpers import make_engine
 
-    engine = make_engine(seed=2, candidates=8)
-    events = played()[0]
-    engine.seed(events, 10.0, 4.0)
-    heard = engine.memory.events
+    engine = make_engine(random_seed=2)
+    engine.prime(played()[0], 10.0, 4.0)
+    heard_ = engine.memory.events
     now = 10.0
     while now < 16.0:
         engine.poll(now)
         now += 0.01
-    assert engine.counters.notes_out > 0 and engine.memory.events == heard
+    assert engine.counters.notes_out > 0 and engine.memory.events == heard_
 
 
 def test_controllers_set_the_strength_and_reset_the_memory():
@@ -194,15 +208,15 @@ def test_controllers_set_the_strength_and_reset_the_memory():
 
     from tests.engine_helpers import make_engine
 
-    engine = make_engine(seed=2)
-    engine.seed(played()[0], 10.0, 4.0)
-    engine.on_message(mido.Message("control_change", control=engine.settings.memory_cc, value=127), 10.1)
-    assert engine.settings.memory_strength == 1.0
-    engine.on_message(mido.Message("control_change", control=engine.settings.memory_cc, value=0), 10.2)
-    assert engine.settings.memory_strength == 0.0
-    assert engine.memory.events > 0
-    engine.on_message(mido.Message("control_change", control=engine.settings.memory_reset_cc, value=127), 10.3)
+    engine = make_engine(random_seed=2)
+    cc = engine.config.controls
+    engine.prime(played()[0], 10.0, 4.0)
+    engine.on_message(mido.Message("control_change", control=cc.memory_cc, value=127), 10.1, 10.1)
+    assert engine.live.memory_strength == 1.0
+    engine.on_message(mido.Message("control_change", control=cc.memory_cc, value=0), 10.2, 10.2)
+    assert engine.live.memory_strength == 0.0 and engine.memory.events > 0
+    engine.on_message(mido.Message("control_change", control=cc.memory_reset_cc, value=127), 10.3, 10.3)
     assert engine.memory.events == 0
-    engine.seed(played()[0], 20.0, 4.0)
+    engine.prime(played()[0], 20.0, 4.0)
     engine.set_mode("duet", 20.1)
     assert engine.memory.events == 0

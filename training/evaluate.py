@@ -283,11 +283,11 @@ def memory_features(pieces: list[np.ndarray], settings: dict | None = None) -> l
         memory_ = memory.Memory(**(settings or {}))
         times = event_times(piece)
         rows = np.empty((max(len(piece) - 1, 0), 4))
-        memory_.learn(int(piece[0]), float(times[0]))
+        context = memory_.learn(memory.Context(), int(piece[0]), float(times[0]))
         for i in range(1, len(piece)):
             token = int(piece[i])
-            rows[i - 1] = memory_.probability(memory_.context, token)
-            memory_.learn(token, float(times[i]))
+            rows[i - 1] = memory_.probability(context, token)
+            context = memory_.learn(context, token, float(times[i]))
         result.append(rows)
     return result
 

@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", default="",
                         help="comma-separated numbers of candidates, one row each")
     parser.add_argument("--extra", default="", help="more improvd arguments for every row, space-separated")
-    parser.add_argument("--seed", type=int, default=1, help="sampler seed of the first primer (then +1 each)")
+    parser.add_argument("--random-seed", type=int, default=1, help="improvd's random seed, first primer (then +1 each)")
     parser.add_argument("--report", default=REPORT)
     parser.add_argument("--plots", type=int, default=0,
                         help="piano rolls (primer, the performer's and each row's continuation) of the "
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             continuations = {"performer": reference}
             for name, arguments in settings.items():
                 answer_path = Path(tmp) / "answer.mid"
-                error = run_improvd(primer_path, answer_path, model, args.seed + number, arguments + extra)
+                error = run_improvd(primer_path, answer_path, model, args.random_seed + number, arguments + extra)
                 answer = [] if error else answer_notes(answer_path)
                 if error:
                     errors.setdefault(name, []).append(f"{piece}: {error}")
