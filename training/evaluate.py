@@ -17,6 +17,17 @@ pieces streamed with the state never reset (the daemon runs for hours) against a
 state per piece. Targets: test bits/event <= 3.2, VELOCITY <= 3.5, TIME_SHIFT <= 4, model
 <= 0.85 x the best n-gram, never-reset stream within 0.05 bits of the per-piece figure,
 step p99 <= 250 us.
+
+With the player memory (improvd/memory.py): each test piece is also scored with a memory
+built streaming on that piece's own earlier events (never the future), mixed with the model
+by a fixed weight and by the adaptive weight, both fitted on --fit-pieces validation pieces;
+by event type and by source, beside the model alone and the memory alone. Targets: with the
+memory <= 0.75 x the model alone overall, <= 0.95 x on ASAP.
+
+    python -m training.evaluate --midi ~/recordings     # any folder of MIDI files, each a piece
+
+scores just that: every file with the model alone and with the memory (the shipped weight),
+the last line reading ``bits/event: model X.XXX, with memory Y.YYY``.
 """
 
 from __future__ import annotations
