@@ -105,12 +105,11 @@ class Memory:
 
     def __init__(self, max_order: int = MAX_ORDER, horizon_events: int = HORIZON_EVENTS,
                  horizon_s: float = HORIZON_S, shift_class_ticks: int = SHIFT_CLASS_TICKS,
-                 velocity_class_bins: int = VELOCITY_CLASS_BINS, relative_pitch: bool = True,
+                 velocity_class_bins: int = VELOCITY_CLASS_BINS,
                  shift_blur: float = SHIFT_BLUR, velocity_blur: float = VELOCITY_BLUR,
                  key_prior: float = KEY_PRIOR) -> None:
         self.key_prior = key_prior
         self.max_order = max_order
-        self.relative = RELATIVE if relative_pitch else np.broadcast_to(np.arange(SIZE), RELATIVE.shape)
         self.horizon_events = horizon_events
         self.horizon_s = horizon_s
         self.classes = _class_table(shift_class_ticks, velocity_class_bins)
@@ -152,14 +151,14 @@ class Memory:
     def advance(self, context: Context, token: int) -> Context:
         """``context`` after ``token`` heard but not learnt from (improvd's own, or a
         candidate row's)."""
-        symbols = (*context.symbols, int(self.classes[self.relative[context.ref, token]]))[-self.max_order:]
+        symbols = (*context.symbols, int(self.classes[RELATIVE[context.ref, token]]))[-self.max_order:]
         return Context(symbols, token - ON if ON <= token < ON + 128 else context.ref)
 
     def learn(self, context: Context, token: int, now: float) -> Context:
         """A player's event at ``now`` after ``context``: counted after each of its
         contexts; the context after it."""
         symbols = context.symbols
-        target = int(self.relative[context.ref, token])
+        target = int(RELATIVE[context.ref, token])
         slots = []
         for order in range(len(symbols) + 1):
             key = symbols[len(symbols) - order:]
@@ -210,7 +209,7 @@ class Memory:
             return (float(prediction.probs[0, token]), int(prediction.order[0]), float(prediction.escape[0]),
                     int(prediction.count[0]))
         symbols = context.symbols
-        target = int(self.relative[context.ref, token])
+        target = int(RELATIVE[context.ref, token])
         block = next(((start, size, blur) for (start, size), blur in zip(BLOCKS, self.blurs, strict=True)
                       if start <= target < start + size), None)
         p = 0.0 if block is None else np.zeros(block[1])  # from the counts; the uniform part apart:
@@ -260,7 +259,7 @@ class Memory:
         escape = np.where(order >= 0, np.take_along_axis(escapes, top, 1)[:, 0], 1.0)
         count = np.take_along_axis(total, top, 1)[:, 0]
         refs = np.array([c.ref for c in contexts])
-        absolute = probs[np.arange(rows)[:, None], self.relative[refs]]
+        absolute = probs[np.arange(rows)[:, None], RELATIVE[refs]]
         if self.key_prior:  # steps taken from where the player is now land in the player's key
             keys = (self._pitch_classes + self.key_prior) / (self._pitch_classes.sum() + 12 * self.key_prior)
             notes = absolute[:, ON:ON + 128]

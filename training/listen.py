@@ -43,6 +43,8 @@ import mido
 import numpy as np
 
 from improvd import vocab
+from improvd.candidates import ioi_histogram as onset_ioi_histogram
+from improvd.candidates import together_share as onset_together_share
 
 # ---- defaults -------------------------------------------------------------------------
 DATA = "data/performance"
@@ -54,8 +56,6 @@ PRIMER_S = 8.0
 ANSWER_S = 8.0
 PER_KIND = 20  # primers of each kind (0: all)
 KINDS = {"asap": "classical", "pop909": "pop"}  # source folder -> kind
-IOI_BINS = np.geomspace(0.01, 2.0, 13)  # 12 log bins, 10 ms - 2 s (outside values clipped in)
-TOGETHER_S = 0.03  # onsets closer than this are struck together
 SHORT_S = 0.06  # notes shorter than this are too short
 STEP_BINS = 13  # |pitch step| 0..11 semitones, 12 and more
 ECHO_CLASS_S = 0.05
@@ -92,9 +92,8 @@ def onsets_of(notes: list[vocab.Note]) -> np.ndarray:
 
 
 def ioi_histogram(notes: list[vocab.Note]) -> np.ndarray:
-    iois = np.clip(np.diff(onsets_of(notes)), IOI_BINS[0], IOI_BINS[-1] * 0.999)
-    counts = np.histogram(iois, IOI_BINS)[0].astype(float)
-    return counts / max(counts.sum(), 1)
+    """Inter-onset intervals in 12 log bins, 10 ms - 2 s: the candidates' own measure."""
+    return onset_ioi_histogram(onsets_of(notes))
 
 
 def step_histogram(notes: list[vocab.Note]) -> np.ndarray:
@@ -105,8 +104,8 @@ def step_histogram(notes: list[vocab.Note]) -> np.ndarray:
 
 
 def together_share(notes: list[vocab.Note]) -> float:
-    iois = np.diff(onsets_of(notes))
-    return float((iois < TOGETHER_S).mean()) if len(iois) else 0.0
+    """The share of onsets struck within 30 ms of the one before."""
+    return onset_together_share(onsets_of(notes))
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
