@@ -47,7 +47,7 @@ class Phrase:
     def release(self, pitch: int, now: float) -> None:
         """A note of the phrase ends (as the model hears it: the pedal folded in)."""
         for timing in self.timing:
-            if timing[1] < 0 and timing[2] == pitch:
+            if timing[1] < 0 and timing[2] == pitch and timing[0] < now:  # not a re-strike's new note
                 timing[1] = now
 
     def durations(self) -> list[tuple[float, float]]:
