@@ -7,7 +7,8 @@ predicts with Witten-Bell interpolation from the longest context seen down to un
 Contexts survive what players do: pitches are taken relative to the last struck note (a
 motif transposed is the same motif), and time shifts and velocities are coarsened (the same
 rhythm a little faster or softer is the same context). The predicted event keeps its exact
-time and velocity; its pitch is the step from the last struck note, turned back into a key.
+time and velocity, give or take a little (a blur); its pitch is the step from the last struck
+note, turned back into a key and weighted by the pitch classes the player has used (the key).
 
 Bounded and forgetting: only the last ``horizon_events`` events, and none older than
 ``horizon_s``, are counted; an event leaving the horizon takes its counts with it, so a
@@ -42,7 +43,7 @@ KEY_PRIOR = 1.0  # predicted notes weighted by the player's pitch-class counts p
 # the player. 0.7 leans towards the player: closer to the player's time on validation primers.
 STRENGTH = 0.7
 # The adaptive weight's coefficients over weight_features (bias, order, log2(1 + count), escape),
-# fitted by `python -m training.evaluate --fit` on the validation split.
+# fitted on 30 validation pieces as `python -m training.evaluate` fits (and prints) them.
 ADAPTIVE = (0.59, 0.56, -0.18, -6.43)
 # ---------------------------------------------------------------------------------------
 
