@@ -382,6 +382,8 @@ class Daemon:
                    ] if self.server_lost_at is not None else []
         parts = waiting + [f"mode {engine.live.mode if engine else self.config.engine.mode}",
                  f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
+        if engine is not None:
+            parts.append(f"memory {engine.live.memory_strength:.2f} ({engine.memory.events} events)")
         if engine is not None and engine.controls.clock_bpm:
             parts.append(f"clock {engine.controls.clock_bpm:.0f} bpm")
         if engine is not None and not engine.controls.playing:
@@ -396,7 +398,9 @@ class Daemon:
         if self.engine is not None:
             c = self.engine.counters
             extra.update(notes_in=c.notes_in, notes_out=c.notes_out, answers=c.answers,
-                         barge_ins=c.barge_ins, ignored=c.messages_ignored)
+                         barge_ins=c.barge_ins, ignored=c.messages_ignored,
+                         memory_strength=round(self.engine.live.memory_strength, 3),
+                         memory_events=self.engine.memory.events)
         if self.model is not None:
             now, steps = time.monotonic(), self.model.steps
             last_time, last_steps = self._last_steps

@@ -14,6 +14,7 @@ from typing import Protocol
 import mido
 
 from improvd import vocab
+from improvd.config import Live
 from improvd.journal import Journal
 from improvd.phrase import Plan, ticks
 from improvd.reply import Timed
@@ -26,8 +27,8 @@ class Counts(Protocol):
 
 
 class Voice:
-    def __init__(self, stream: Stream, sampler: Sampler, counters: Counts) -> None:
-        self.stream, self.sampler, self.counters = stream, sampler, counters
+    def __init__(self, stream: Stream, sampler: Sampler, counters: Counts, live: Live) -> None:
+        self.stream, self.sampler, self.counters, self.live = stream, sampler, counters, live
         self.journal = Journal()
         self.answering = False
         self.plan = Plan(0.0, 0.0, 0.0)  # the current (or last) answer's
@@ -94,7 +95,8 @@ class Voice:
             opening = line.note_first  # the answer's first note carries its deadline
             token = self._scripted(grammar)
             if token is None:
-                token = self.sampler.sample(self.stream.state.logits[0], grammar)
+                logits = self.stream.memory.mixed(self.stream.state.logits, [line.context], self.live.memory_strength)
+                token = self.sampler.sample(logits[0], grammar)
             message = self._emit(token)
             if message is not None:
                 deadline = self.plan.deadline if message.type == "note_on" and opening else None

@@ -1,32 +1,39 @@
 """Listener checks: improvd's continuations of held-out performances beside what the
-performer really played next.
+performer really played next, aspect by aspect, as a listener would compare them.
 
-    python -m improvd_train.listen --data data/performance --model exported/improvd.onnx
-    python -m improvd_train.listen --candidates 1,16          # one row per number of candidates
+    python -m improvd_train.listen --data data/performance --per-kind 20
+    python -m improvd_train.listen --row "memory off=--memory-strength 0" --row "memory on="
+    python -m improvd_train.listen --split validation ...     # for tuning; report on test
 
-For each test performance of --data (one per piece, at least 36 s long), the primer is its
-notes from 20 s to 28 s (notes begun there, cut at 28 s: every key and the pedal released
-at the cut) and the reference is what the performer played from 28 s to 36 s. improvd
-continues the primer the way a user would ask it to:
+For performances of the chosen split (one per piece, at least 36 s long; classical = ASAP,
+pop = POP909, up to --per-kind of each, spread over the split), the primer is the notes from
+20 s to 28 s (begun there, cut at 28 s: every key and the pedal released at the cut) and the
+reference is what the performer played from 28 s to 36 s. improvd continues the primer the
+way a user would ask it to:
 
     improvd --seed-file primer.mid --output-file answer.mid --length 8 --random-seed N
 
-The answer and the reference are each compared with the primer:
-- pitch-class correlation: Pearson correlation of the duration-weighted pitch-class profiles;
-- register shift: |mean pitch - the primer's mean pitch|, in semitones;
-- density ratio: notes per second over the primer's; "in range" within x0.5..x2;
-- key agreement: music21's key analysis of both gives the same, the relative or the parallel key;
-- velocity difference: |mean velocity - the primer's mean velocity|;
-- one-pitch loop: a single pitch makes more than half of the notes.
-Means over the primers are printed as one row per improvd setting, beside the reference's
-row, and written as JSON with every primer's figures.
+Each continuation (improvd's and the performer's) is compared with its primer; the distances:
+- density: |log2 of the notes-per-second ratio|;
+- note length: |log2 of the median-duration ratio|;
+- rhythm: 1 - overlap of the inter-onset-interval histograms (12 log bins, 10 ms - 2 s);
+- texture: |difference in the share of onsets struck together (< 30 ms after the previous)|;
+- dynamics: |mean velocity difference|;
+- key: 1 - correlation of the duration-weighted pitch-class profiles;
+- melody: 1 - overlap of the |pitch step| histograms (0..11 semitones, 12 and more);
+- register: |mean pitch difference|, in semitones.
+The ratio of an aspect is improvd's mean distance over the performer's (1.0: as close to the
+primer as the performer's own next bars). Beside them: the share of notes shorter than 60 ms,
+and the echo share: of the continuation's 4-note shapes (3 pitch steps and 3 inter-onset
+intervals in 50 ms classes), the share found verbatim in the primer.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,20 +43,27 @@ import mido
 import numpy as np
 
 from improvd import vocab
+from improvd.candidates import ioi_histogram as onset_ioi_histogram
+from improvd.candidates import together_share as onset_together_share
 
 # ---- defaults -------------------------------------------------------------------------
 DATA = "data/performance"
 MODEL = "exported/improvd.onnx"
 REPORT = "bench/results/listen.json"
+SPLIT = "test"
 PRIMER_FROM_S = 20.0
 PRIMER_S = 8.0
 ANSWER_S = 8.0
-PIECES = 0  # 0: every test piece long enough
-DENSITY_RANGE = (0.5, 2.0)
-LOOP_SHARE = 0.5  # one pitch making more than this share of the notes is a loop
-# Goals relative to the reference: the model alone (one sampled answer), and chosen answers.
-GOALS = {"model": {"correlation": 0.8, "register": 2.0, "density": 0.8},
-         "chosen": {"correlation": 0.9, "register": 1.5, "density": 1.0}}
+PER_KIND = 20  # primers of each kind (0: all)
+KINDS = {"asap": "classical", "pop909": "pop"}  # source folder -> kind
+SHORT_S = 0.06  # notes shorter than this are too short
+STEP_BINS = 13  # |pitch step| 0..11 semitones, 12 and more
+ECHO_CLASS_S = 0.05
+ASPECTS = ("density", "note length", "rhythm", "texture", "dynamics", "key", "melody", "register")
+# Targets, relative to the performer (the reference): every aspect ratio, their mean, short notes
+# (x the performer's share), pitch-class correlation (x), register (x), echo share (+).
+GOALS = {"aspect_ratio": 1.5, "mean_ratio": 1.2, "short_notes": 1.5, "correlation": 0.9, "register": 1.5,
+         "echo": 0.25}
 # ---------------------------------------------------------------------------------------
 
 
@@ -73,70 +87,132 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def analyze_key(notes: list[vocab.Note]):
-    """music21's key estimate (Krumhansl-Schmuckler) of a note list."""
-    from music21 import note, stream
-
-    part = stream.Stream()
-    for n in notes:
-        element = note.Note(n.pitch, quarterLength=max(0.125, round((n.end - n.start) * 8) / 8))
-        part.insert(n.start * 2, element)  # 120 bpm: a second is two quarters
-    return part.analyze("key")
+def onsets_of(notes: list[vocab.Note]) -> np.ndarray:
+    return np.sort([n.start for n in notes])
 
 
-def keys_agree(a, b) -> bool:
-    """Same key, or its relative (C major / A minor) or parallel (C major / C minor)."""
-    def same(x, y):
-        return x.tonic.pitchClass == y.tonic.pitchClass and x.mode == y.mode
-
-    return same(a, b) or same(a.relative, b) or same(a.parallel, b)
+def ioi_histogram(notes: list[vocab.Note]) -> np.ndarray:
+    """Inter-onset intervals in 12 log bins, 10 ms - 2 s: the candidates' own measure."""
+    return onset_ioi_histogram(onsets_of(notes))
 
 
-def compare(primer: list[vocab.Note], other: list[vocab.Note], primer_key) -> dict:
-    """The figures of ``other`` (an answer or the reference) against its primer."""
-    if not other:
-        return {"notes": 0}
-    density = (len(other) / ANSWER_S) / (len(primer) / PRIMER_S)
-    counts = np.bincount([n.pitch for n in other], minlength=128)
+def step_histogram(notes: list[vocab.Note]) -> np.ndarray:
+    ordered = sorted(notes, key=lambda n: (n.start, n.pitch))
+    steps = np.minimum(np.abs(np.diff([n.pitch for n in ordered])), STEP_BINS - 1)
+    counts = np.bincount(steps.astype(int), minlength=STEP_BINS).astype(float)
+    return counts / max(counts.sum(), 1)
+
+
+def together_share(notes: list[vocab.Note]) -> float:
+    """The share of onsets struck within 30 ms of the one before."""
+    return onset_together_share(onsets_of(notes))
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.minimum(a, b).sum())
+
+
+def shapes(notes: list[vocab.Note]) -> list[tuple]:
+    """Every run of 4 notes as (3 pitch steps, 3 inter-onset intervals in 50 ms classes)."""
+    ordered = sorted(notes, key=lambda n: (n.start, n.pitch))
+    pitches = np.array([n.pitch for n in ordered])
+    classes = np.round(np.diff([n.start for n in ordered]) / ECHO_CLASS_S).astype(int)
+    steps = np.diff(pitches)
+    return [(*steps[i:i + 3], *classes[i:i + 3]) for i in range(len(ordered) - 3)]
+
+
+def echo_share(primer: list[vocab.Note], other: list[vocab.Note]) -> float:
+    """The share of ``other``'s 4-note shapes that stand verbatim in the primer."""
+    theirs = shapes(other)
+    if not theirs:
+        return 0.0
+    known = set(shapes(primer))
+    return float(np.mean([shape in known for shape in theirs]))
+
+
+def distances(primer: list[vocab.Note], other: list[vocab.Note]) -> dict:
+    """How far ``other`` (an answer or the reference) is from its primer, aspect by aspect,
+    and its share of short notes and echoes."""
+    if len(other) < 2:
+        return {"notes": len(other)}
+    durations = [n.end - n.start for n in other]
+    primer_durations = [n.end - n.start for n in primer]
+    pc = correlation(pitch_class_profile(primer), pitch_class_profile(other))
     return {
         "notes": len(other),
-        "correlation": correlation(pitch_class_profile(primer), pitch_class_profile(other)),
+        "density": abs(np.log2((len(other) / ANSWER_S) / (len(primer) / PRIMER_S))),
+        "note length": abs(np.log2(max(np.median(durations), vocab.TICK_S)
+                                   / max(np.median(primer_durations), vocab.TICK_S))),
+        "rhythm": 1 - overlap(ioi_histogram(primer), ioi_histogram(other)),
+        "texture": abs(together_share(primer) - together_share(other)),
+        "dynamics": abs(np.mean([n.velocity for n in other]) - np.mean([n.velocity for n in primer])),
+        "key": 1 - pc,
+        "melody": 1 - overlap(step_histogram(primer), step_histogram(other)),
         "register": abs(np.mean([n.pitch for n in other]) - np.mean([n.pitch for n in primer])),
-        "density_ratio": density,
-        "density_in_range": DENSITY_RANGE[0] <= density <= DENSITY_RANGE[1],
-        "key_agrees": keys_agree(primer_key, analyze_key(other)),
-        "velocity": abs(np.mean([n.velocity for n in other]) - np.mean([n.velocity for n in primer])),
-        "loop": counts.max() / len(other) > LOOP_SHARE,
+        "correlation": pc,
+        "short": float(np.mean(np.array(durations) < SHORT_S)),
+        "echo": echo_share(primer, other),
     }
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Means over primers; an answer with no notes counts as a failure, not a zero."""
-    played = [r for r in rows if r["notes"] > 0]
-    summary = {"primers": len(rows), "empty": len(rows) - len(played)}
-    for key in ("correlation", "register", "density_ratio", "velocity"):
+    """Means over primers; an answer with (almost) no notes is counted apart, as a failure."""
+    played = [r for r in rows if r["notes"] >= 2]
+    summary = {"primers": len(rows), "empty": len(rows) - len(played),
+               "notes": float(np.mean([r["notes"] for r in rows])) if rows else float("nan")}
+    for key in (*ASPECTS, "correlation", "short", "echo"):
         summary[key] = float(np.mean([r[key] for r in played])) if played else float("nan")
-    for key in ("density_in_range", "key_agrees", "loop"):
-        summary[key] = float(np.mean([r[key] for r in rows if r["notes"]] + [0] * summary["empty"]))
-    summary["notes"] = float(np.mean([r["notes"] for r in rows]))
     return summary
 
 
-def primers(data: Path, limit: int) -> list[tuple[str, Path]]:
-    """(piece, file) of one test performance per piece, long enough for primer and reference."""
-    files = json.loads((data / "files.json").read_text())["test"]
-    chosen, seen = [], set()
+def judge(answer: dict, reference: dict) -> dict:
+    """Ratios to the performer and whether each goal is met."""
+    ratios = {a: answer[a] / reference[a] if reference[a] > 0 else float("inf") for a in ASPECTS}
+    mean_ratio = float(np.mean(list(ratios.values())))
+    return {
+        "ratios": ratios,
+        "mean_ratio": mean_ratio,
+        "met": {
+            "every aspect ratio": all(r <= GOALS["aspect_ratio"] for r in ratios.values()),
+            "mean ratio": mean_ratio <= GOALS["mean_ratio"],
+            "short notes": answer["short"] <= GOALS["short_notes"] * reference["short"] + 1e-9,
+            "pitch-class correlation": answer["correlation"] >= GOALS["correlation"] * reference["correlation"],
+            "register": ratios["register"] <= GOALS["register"],
+            "not an echo": answer["echo"] <= reference["echo"] + GOALS["echo"],
+        },
+    }
+
+
+def located(path: Path, data: Path) -> Path:
+    """A file named in files.json: as written, or relative to the checkout that prepared
+    ``data`` (prepare runs from the repository root: data/<name> is two levels down)."""
+    if path.is_absolute() or path.exists():
+        return path
+    return data.resolve().parent.parent / path
+
+
+def primers(data: Path, split: str, per_kind: int) -> list[tuple[str, str, Path]]:
+    """(kind, piece, file) of one performance per piece of ``split``, long enough for
+    primer and reference, at most ``per_kind`` of each kind spread over the split."""
+    files = json.loads((data / "files.json").read_text())[split]
+    chosen: dict[str, list[tuple[str, str, Path]]] = {}
+    seen = set()
     for entry in files:
-        path = Path(entry["path"])
+        path = located(Path(entry["path"]), data)
+        source = entry["piece"].split("/")[0]
+        kind = KINDS.get(source, source)
         if entry["piece"] in seen or path.suffix.lower() not in (".mid", ".midi"):
             continue
         if mido.MidiFile(path).length < PRIMER_FROM_S + PRIMER_S + ANSWER_S:
             continue
         seen.add(entry["piece"])
-        chosen.append((entry["piece"], path))
-    if limit and len(chosen) > limit:  # spread over the sorted list: both sources, many composers
-        chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, limit).round().astype(int)]
-    return chosen
+        chosen.setdefault(kind, []).append((kind, entry["piece"], path))
+    result = []
+    for rows in chosen.values():
+        if per_kind and len(rows) > per_kind:  # spread over the sorted list: many composers
+            rows = [rows[i] for i in np.linspace(0, len(rows) - 1, per_kind).round().astype(int)]
+        result += rows
+    return result
 
 
 def answer_notes(path: Path) -> list[vocab.Note]:
@@ -150,41 +226,110 @@ def answer_notes(path: Path) -> list[vocab.Note]:
     return [vocab.Note(n.pitch, n.velocity, n.start - start, n.end - start) for n in notes]
 
 
-def run_improvd(primer: Path, answer: Path, model: Path, seed: int, extra: list[str],
-                plot: Path | None = None) -> str:
-    """One continuation through the command line; '' on success, else its one-line error."""
-    command = [sys.executable, "-m", "improvd.cli", "--model", str(model), "--seed-file", str(primer),
-               "--output-file", str(answer), "--length", str(ANSWER_S), "--random-seed", str(seed), *extra]
-    if plot is not None:
-        command += ["--plot", str(plot)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        return (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+def run_improvd(primer: Path, answer: Path, model: Path, seed: int, extra: list[str]) -> str:
+    """One continuation through improvd's command line (in this process: the same code path,
+    without an interpreter start each time); '' on success, else its one-line error."""
+    from improvd import cli
+
+    command = ["--model", str(model), "--seed-file", str(primer), "--output-file", str(answer),
+               "--length", str(ANSWER_S), "--random-seed", str(seed), *extra]
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        code = cli.main(command)
+    if code != 0:
+        return (errors.getvalue().strip().splitlines() or [f"exit {code}"])[-1]
     return ""
+
+
+def plot(path: Path, piece: str, primer: list[vocab.Note], continuations: dict[str, list[vocab.Note]]) -> None:
+    """One piano roll per continuation (the performer's first), each after the same primer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    everything = primer + [n for notes in continuations.values() for n in notes]
+    low, high = min(n.pitch for n in everything) - 2, max(n.pitch for n in everything) + 2
+    fig, axes = plt.subplots(len(continuations), 1, figsize=(10, 2.2 * len(continuations)), sharex=True)
+    colormap = plt.get_cmap("viridis")
+    for ax, (name, notes) in zip(np.atleast_1d(axes), continuations.items(), strict=True):
+        for n in primer:
+            ax.add_patch(plt.Rectangle((n.start, n.pitch - 0.4), n.end - n.start, 0.8, color=(0.6, 0.6, 0.6)))
+        for n in notes:
+            ax.add_patch(plt.Rectangle((PRIMER_S + n.start, n.pitch - 0.4), n.end - n.start, 0.8,
+                                       color=colormap(n.velocity / 127)))
+        ax.axvline(PRIMER_S, color="red", lw=0.8, ls="--")
+        ax.set_xlim(0, PRIMER_S + ANSWER_S)
+        ax.set_ylim(low, high)
+        ax.set_ylabel("pitch")
+        ax.set_title(f"{name}: {len(notes)} notes", fontsize=9, loc="left")
+    np.atleast_1d(axes)[-1].set_xlabel("seconds (primer grey; continuation coloured by velocity)")
+    fig.suptitle(piece, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Row name -> improvd arguments, from --row NAME=ARGS, --candidates, or the default."""
+    settings = {}
+    for row in args.row:
+        name, _, arguments = row.partition("=")
+        settings[name.strip()] = arguments.split()
+    for k in filter(None, args.candidates.split(",")):
+        settings[f"improvd --candidates {k}"] = ["--candidates", k]
+    return settings or {"improvd (default)": []}
+
+
+def print_table(kind: str, summaries: dict[str, dict], verdicts: dict[str, dict]) -> None:
+    reference = summaries["reference"]
+    names = [n for n in summaries if n != "reference"]
+    print(f"\n{kind}: {reference['primers']} primers   distance to the primer (ratio to the performer's)")
+    print(f"  {'aspect':<24}{'performer':>10}" + "".join(f"{n[:22]:>24}" for n in names))
+    for aspect in ASPECTS:
+        print(f"  {aspect:<24}{reference[aspect]:>10.3f}" + "".join(
+            f"{summaries[n][aspect]:>14.3f} ({verdicts[n]['ratios'][aspect]:>4.1f}x)" for n in names))
+    print(f"  {'mean ratio':<24}{'':>10}" + "".join(f"{verdicts[n]['mean_ratio']:>23.2f}x" for n in names))
+    for key, label, scale in (("short", "notes < 60 ms", 100), ("echo", "echo share", 100),
+                              ("correlation", "pitch-class corr", 1), ("notes", "notes", 1)):
+        unit = " %" if scale == 100 else "  "
+        print(f"  {label:<24}{reference[key] * scale:>8.2f}{unit}" + "".join(
+            f"{summaries[n][key] * scale:>22.2f}{unit}" for n in names))
+    print(f"  {'empty answers':<24}{reference['empty']:>10}" + "".join(f"{summaries[n]['empty']:>24}" for n in names))
+    for name in names:
+        print(f"  {name}: " + ", ".join(f"{goal} {'met' if met else 'MISSED'}"
+                                        for goal, met in verdicts[name]["met"].items()))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DATA, help="prepared data with files.json (improvd_train.prepare)")
     parser.add_argument("--model", default=MODEL)
-    parser.add_argument("--pieces", type=int, default=PIECES, help="at most this many primers (0: all)")
+    parser.add_argument("--split", default=SPLIT, choices=("test", "validation", "train"),
+                        help="test to report; validation to tune on")
+    parser.add_argument("--per-kind", type=int, default=PER_KIND,
+                        help="at most this many primers of each kind (0: all)")
+    parser.add_argument("--row", action="append", default=[],
+                        help="NAME=IMPROVD ARGS: a row of answers (repeatable), e.g. 'memory off=--memory-strength 0'")
     parser.add_argument("--candidates", default="",
-                        help="comma-separated numbers of candidates, one row each ('' : improvd's default)")
+                        help="comma-separated numbers of candidates, one row each")
     parser.add_argument("--extra", default="", help="more improvd arguments for every row, space-separated")
     parser.add_argument("--random-seed", type=int, default=1, help="improvd's random seed, first primer (then +1 each)")
     parser.add_argument("--report", default=REPORT)
     parser.add_argument("--plots", type=int, default=0,
-                        help="piano rolls (primer + answer) of the first N primers, beside the report")
+                        help="piano rolls (primer, the performer's and each row's continuation) of the "
+                             "first N primers of each kind, beside the report")
     args = parser.parse_args(argv)
 
     data, model = Path(args.data), Path(args.model)
-    settings = [[]] if not args.candidates else [["--candidates", k] for k in args.candidates.split(",")]
-    extra = args.extra.split()
+    settings, extra = settings_of(args), args.extra.split()
     started = time.monotonic()
-    results: dict[str, list[dict]] = {"reference": []}
+    results: dict[str, dict[str, list[dict]]] = {}  # kind -> row -> per-primer figures
     errors: dict[str, list[str]] = {}
+    plotted: dict[str, int] = {}
+    report = Path(args.report)
     with tempfile.TemporaryDirectory() as tmp:
-        for number, (piece, path) in enumerate(primers(data, args.pieces)):
+        for number, (kind, piece, path) in enumerate(primers(data, args.split, args.per_kind)):
             notes = vocab.midi_to_notes(mido.MidiFile(path))
             primer = window(notes, PRIMER_FROM_S, PRIMER_S)
             reference = window(notes, PRIMER_FROM_S + PRIMER_S, ANSWER_S)
@@ -192,56 +337,38 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             primer_path = Path(tmp) / "primer.mid"
             vocab.notes_to_midi(primer).save(primer_path)
-            primer_key = analyze_key(primer)
-            results["reference"].append({"piece": piece, **compare(primer, reference, primer_key)})
-            for setting in settings:
-                name = "improvd " + (" ".join(setting) or "(default)")
+            rows = results.setdefault(kind, {"reference": []})
+            rows["reference"].append({"piece": piece, **distances(primer, reference)})
+            continuations = {"performer": reference}
+            for name, arguments in settings.items():
                 answer_path = Path(tmp) / "answer.mid"
-                plot = None
-                if number < args.plots:
-                    tag = "-".join(setting).replace("--", "") or "default"
-                    plot = Path(args.report).with_name(f"listen-{number}-{tag}.png")
-                    plot.parent.mkdir(parents=True, exist_ok=True)
-                error = run_improvd(primer_path, answer_path, model, args.random_seed + number, setting + extra, plot)
+                error = run_improvd(primer_path, answer_path, model, args.random_seed + number, arguments + extra)
                 answer = [] if error else answer_notes(answer_path)
                 if error:
                     errors.setdefault(name, []).append(f"{piece}: {error}")
-                results.setdefault(name, []).append({"piece": piece, **compare(primer, answer, primer_key)})
+                rows.setdefault(name, []).append({"piece": piece, **distances(primer, answer)})
+                continuations[name] = answer
+            if plotted.get(kind, 0) < args.plots:
+                report.parent.mkdir(parents=True, exist_ok=True)
+                plot(report.with_name(f"listen-{kind}-{plotted.get(kind, 0)}.png"), piece, primer, continuations)
+                plotted[kind] = plotted.get(kind, 0) + 1
             print(f"listen: {number + 1} {piece}", file=sys.stderr, flush=True)
 
-    summaries = {name: summarize(rows) for name, rows in results.items()}
-    reference = summaries["reference"]
-    print(f"listen: {reference['primers']} primers of {PRIMER_S:.0f} s from {data} (test split), "
-          f"answers of {ANSWER_S:.0f} s, model {model}")
-    header = (f"{'':<28}{'pc corr':>8}{'register':>9}{'density':>8}{'in x0.5-2':>10}{'key':>6}"
-              f"{'|dvel|':>7}{'loops':>6}{'notes':>7}{'empty':>6}")
-    print(header)
-    for name, s in sorted(summaries.items(), key=lambda item: item[0] == "reference"):
-        print(f"{name:<28}{s['correlation']:>8.2f}{s['register']:>9.2f}{s['density_ratio']:>8.2f}"
-              f"{s['density_in_range']:>10.0%}{s['key_agrees']:>6.0%}{s['velocity']:>7.1f}{s['loop']:>6.0%}"
-              f"{s['notes']:>7.1f}{s['empty']:>6}")
-    goals = {}
-    for name, s in summaries.items():
-        if name == "reference":
-            continue
-        goals[name] = {
-            level: {"correlation": s["correlation"] >= g["correlation"] * reference["correlation"],
-                    "register": s["register"] <= g["register"] * reference["register"],
-                    "density": s["density_in_range"] >= g["density"] * reference["density_in_range"]}
-            for level, g in GOALS.items()
-        }
-        for level, met in goals[name].items():
-            print(f"  {name} vs goals for the {level}: " + ", ".join(
-                f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
+    summaries = {kind: {name: summarize(r) for name, r in rows.items()} for kind, rows in results.items()}
+    verdicts = {kind: {name: judge(s, by_row["reference"]) for name, s in by_row.items() if name != "reference"}
+                for kind, by_row in summaries.items()}
+    print(f"listen: primers of {PRIMER_S:.0f} s from {PRIMER_FROM_S:.0f} s into {args.split} performances of "
+          f"{data}, continuations of {ANSWER_S:.0f} s, model {model}")
+    for kind in summaries:
+        print_table(kind, summaries[kind], verdicts[kind])
     for name, lines in errors.items():
         print(f"  {name}: {len(lines)} runs failed, e.g. {lines[0]}")
-    report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({"model": str(model), "data": str(data), "primer_s": PRIMER_S,
-                                  "answer_s": ANSWER_S, "primer_from_s": PRIMER_FROM_S, "goals": GOALS,
-                                  "summary": summaries, "goals_met": goals, "errors": errors,
-                                  "primers": results, "seconds": round(time.monotonic() - started, 1)},
-                                 indent=1, default=float))
+    report.write_text(json.dumps({"model": str(model), "data": str(data), "split": args.split,
+                                  "primer_s": PRIMER_S, "answer_s": ANSWER_S, "primer_from_s": PRIMER_FROM_S,
+                                  "rows": settings, "extra": extra, "goals": GOALS, "summary": summaries,
+                                  "verdicts": verdicts, "errors": errors, "primers": results,
+                                  "seconds": round(time.monotonic() - started, 1)}, indent=1, default=float))
     print(f"listen: wrote {report}")
 
 

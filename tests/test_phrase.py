@@ -41,3 +41,15 @@ def test_an_answer_taken_back_unheard_leaves_the_phrase_going_on():
     assert p.start is None and p.next_length is None
     p.unanswered()
     assert p.start == 1.0
+
+
+def test_the_phrase_times_its_notes_a_restruck_key_included():
+    config = Config()
+    phrase = Phrase(config.engine, Live.of(config), 0.0)
+    phrase.strike(60, 80, 1.0)
+    phrase.strike(64, 80, 1.5)
+    phrase.release(60, 2.0)
+    phrase.strike(64, 80, 2.5)  # struck again while down: the old note ends where the new begins
+    phrase.release(64, 2.5)
+    phrase.last_heard = 3.0
+    assert phrase.durations() == [(1.0, 2.0), (1.5, 2.5), (2.5, 3.0)]
