@@ -28,7 +28,8 @@ from improvd.sampler import Grammar, Sampler
 log = logging.getLogger(__name__)
 
 MODES = ("call-response", "duet")
-ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic
+ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic, and the player's keys up
+ALL_SOUND_OFF_CC, RESET_CONTROLLERS_CC = 120, 121  # ... and the pedal too; the pedal alone
 # Generated output resumes no sooner than this after ``now``: longer than regenerating the
 # lookahead takes (bench/duet_regen.py: p99 under 5 ms with both cores busy and SCHED_FIFO).
 REACTION_S = 0.02
@@ -53,6 +54,7 @@ class Settings:
     candidates: int = 1  # call-response answers chosen among this many; 1: sampled as they play
     weights: Weights = field(default_factory=Weights)
     candidate_steps: int = 2  # candidate events per poll: small, so input is never kept waiting
+    max_held_s: float = 10.0  # a player's key held this long with no other input counts as released
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ class Engine:
         self.heard(now)
         if not self.playing:
             return Reply()
-        reply = Reply()
+        reply = self._release_stale_keys(now)
         if self.settings.mode == "call-response" and not self.answering:
             deadline = self.silence_deadline()
             if deadline is not None and self.settings.candidates > 1:
@@ -242,14 +244,15 @@ class Engine:
         self.next_answer_length = length
         return reply
 
-    def release_player(self, now: float) -> Reply:
-        """The input port went away: lift the player's keys and pedal, which will never
-        send their own releases, so that silence can be heard again."""
+    def release_player(self, now: float, keys: bool = True, pedal: bool = True) -> Reply:
+        """The player's connection went, or they sent All Notes Off: lift their keys (and
+        pedal), which will never send their own releases, so that silence can be heard again."""
         self.heard(now)
-        held = sorted(self.encoder.sounding - self.own_notes.keys())
+        player = self.encoder.sounding - self.own_notes.keys()
+        held = sorted(player if pedal else player - self.encoder.held_by_pedal) if keys else []
         reply = Reply()
         channel = min(self.settings.input_channels, default=0)
-        if self.encoder.pedal_down:
+        if pedal and self.encoder.pedal_down:
             reply.extend(self.on_message(mido.Message("control_change", control=vocab.SUSTAIN_CC, value=0,
                                                       channel=channel), now))
         for pitch in held:
@@ -271,10 +274,25 @@ class Engine:
 
     # ---- controls ------------------------------------------------------------------------
 
+    def _release_stale_keys(self, now: float) -> Reply:
+        """A key held ``max_held_s`` with no other input from the player counts as released:
+        its NOTE_OFF may never come (a player gone mid-note), and silence must."""
+        if not self._player_keys_down() or now - self.last_player_time < self.settings.max_held_s:
+            return Reply()
+        held = sorted(self.encoder.sounding - self.own_notes.keys())
+        log.warning("player keys %s held %.0f s with no other input: counted as released", held,
+                    now - self.last_player_time)
+        return self.release_player(now)
+
     def _control(self, control: int, value: int, now: float) -> Reply:
         s = self.settings
+        if control == RESET_CONTROLLERS_CC:
+            return self.release_player(now, keys=False)
         if control == s.panic_cc or control in ALL_NOTES_OFF_CCS:
-            return self.panic(now)
+            reply = self.panic(now)
+            if control in ALL_NOTES_OFF_CCS:
+                reply.extend(self.release_player(now, pedal=control == ALL_SOUND_OFF_CC))
+            return reply
         if control == s.temperature_cc:
             # 0..127 -> 0.25..2.0, logarithmic so the middle of the knob is 0.7.
             self.sampler.settings.temperature = 0.25 * 8 ** (value / 127)

@@ -63,8 +63,8 @@ def write_config(path: Path, name: str, **sections: dict[str, object]) -> Path:
     """A config for a fast, deterministic daemon with its own virtual port names."""
     settings: dict[str, dict[str, object]] = {
         "model": {"device": "cpu"},
-        "ports": {"api": "jack", "virtual_input": f"{name} in", "virtual_output": f"{name} out",
-                  "reconnect_s": 0.2},
+        "ports": {"api": "jack", "client_name": name, "virtual_input": f"{name} in",
+                  "virtual_output": f"{name} out", "reconnect_s": 0.2},
         "engine": {"silence_ms": SILENCE_MS, "min_answer_s": MIN_ANSWER_S, "max_answer_s": MAX_ANSWER_S,
                    "seed": SEED},
         "sampler": {"pitch_low": PITCH_LOW, "pitch_high": PITCH_HIGH},
@@ -89,6 +89,7 @@ class Daemon:
         self.jack = jack
         self.name = name
         self.in_name, self.out_name = f"{name} in", f"{name} out"
+        self.full_in, self.full_out = f"{name}:{self.in_name}", f"{name}:{self.out_name}"  # on its one JACK client
         self.config = write_config(tmp_path / f"{name}.toml", name, **sections)
         self.log_path = tmp_path / f"{name}-{uuid.uuid4().hex[:4]}.log"
         self.started = time.monotonic()
@@ -335,30 +336,30 @@ def test_find_port_prefers_exact_then_substring_any_case_and_lists_what_exists()
 
 def test_unknown_api_is_a_port_error() -> None:
     with pytest.raises(PortError, match=r"ports.api: unknown MIDI API 'oss'"):
-        ports_module.backend("oss")
+        ports_module.backend("oss", "improvd")
 
 
 @pytest.mark.skipif(os.path.exists("/dev/snd/seq"), reason="ALSA sequencer present: auto picks ALSA here")
 def test_auto_api_falls_back_to_jack_when_alsa_cannot_start(jack: Jack) -> None:
-    midi = ports_module.backend("auto")
+    midi = ports_module.backend("auto", unique("auto"))
     try:
         assert midi.api == "jack"
     finally:
         midi.close()
 
 
-def test_virtual_port_is_named_client_and_port_and_disappears_on_close(jack: Jack) -> None:
-    name = unique("vport")
-    midi = ports_module.backend("jack")
-    port = ports_module.OutputPort(midi, name, virtual=True)
+def test_virtual_port_is_named_after_its_client_and_disappears_on_close(jack: Jack) -> None:
+    client, name = unique("client"), unique("vport")
+    midi = ports_module.backend("jack", client)
+    port = midi.output(name, virtual=True, name=name)
     try:
         port.open()
-        assert f"{name}:{name}" in jack.ports()
-        assert all(not p.startswith(name) for p in ports_module.port_names(midi)[0]), "improvd listed its own port"
+        assert f"{client}:{name}" in jack.ports()
+        assert all(not p.startswith(client) for p in midi.listing()[1]), "improvd listed its own port"
         port.close()
         jack.wait_port(name, gone=True)
         port.open()  # the same name again, not 'name-01'
-        assert f"{name}:{name}" in jack.ports()
+        assert f"{client}:{name}" in jack.ports()
     finally:
         port.close()
         midi.close()
@@ -370,24 +371,25 @@ def test_existing_port_is_connected_not_replaced_by_a_virtual_one(jack: Jack) ->
     player = Player(jack)
     received: list[mido.Message] = []
     arrived = threading.Event()
-    midi = ports_module.backend("jack")
-    local = unique("local in")
-    port = ports_module.InputPort(midi, player.client.upper(), virtual=False, local_name=local,
-                                  callback=lambda m: (received.append(m), arrived.set()))
+    client, local = unique("client"), unique("local in")
+    midi = ports_module.backend("jack", client)
+    port = midi.input(player.client.upper(), virtual=False, name=local,
+                      callback=lambda m, _at: (received.append(m), arrived.set()))
     try:
         port.open()
-        assert port.name == player.name
-        assert jack.connections()[player.name] == [f"{local}:{local}"]
+        port.start_reading()
+        assert port.peer == player.name
+        assert jack.connections()[player.name] == [f"{client}:{local}"]
         assert not [p for p in jack.ports() if "RtMidi" in p], jack.ports()
         player.port._rt.send_message([0xF8 + 5])  # 0xFD: undefined status byte
         player.send(mido.Message("note_on", note=61, velocity=90))
         assert arrived.wait(5)
         assert received == [mido.Message("note_on", note=61, velocity=90)]
         assert port.ignored == 1
-        assert port.present()
+        assert player.name in port.candidates()
         player.close()
         jack.wait_port(player.name.partition(":")[2], gone=True)
-        assert not port.present()
+        assert player.name not in port.candidates()
     finally:
         port.close()
         player.close()
@@ -407,7 +409,7 @@ def test_virtual_ports_are_seen_connected_and_heard_by_jack_clients(jack: Jack, 
                                 stderr=subprocess.STDOUT, env=jack.env)
         try:
             port_in, port_out = improvd.ports()
-            assert port_in == f"{improvd.in_name}:{improvd.in_name}"
+            assert port_in == improvd.full_in
             types = jack.types()
             assert types[port_in] == types[port_out] == "8 bit raw midi"
             dump_in = jack.wait_port_of(dump_client, "input")
@@ -540,14 +542,14 @@ def test_existing_ports_by_name_substring(jack: Jack, tmp_path: Path) -> None:
     flags = ("--in", player.client.upper(), "--out", synth.client)
     with closing(player, synth), daemon(jack, tmp_path, *flags) as improvd:
         connections = jack.connections()
-        assert connections[player.name] == [f"{improvd.in_name}:{improvd.in_name}"]
-        assert connections[synth.name] == [f"{improvd.out_name}:{improvd.out_name}"]
+        assert connections[player.name] == [improvd.full_in]
+        assert connections[synth.name] == [improvd.full_out]
         ours = [p for p in jack.ports() if p.startswith(improvd.name) or "RtMidi" in p]
-        assert sorted(ours) == sorted(f"{n}:{n}" for n in (improvd.in_name, improvd.out_name))
+        assert sorted(ours) == sorted((improvd.full_in, improvd.full_out))
         start = time.monotonic()
         player.play()
         synth.wait_for(lambda: synth.note_ons(start), 5, "an answer")
-        assert f"in '{player.name}' (as '{improvd.in_name}')" in improvd.log()
+        assert f"in '{improvd.full_in}' <-> '{player.name}'" in improvd.log()
 
 
 def test_unknown_port_name_exits_4_listing_the_real_ports(jack: Jack, tmp_path: Path) -> None:
@@ -575,7 +577,7 @@ def test_both_peers_vanishing_and_returning_is_survived(jack: Jack, tmp_path: Pa
     keys, client = player.client, synth.client
     long_answer = {"min_answer_s": 3.0, "max_answer_s": 3.0}
     with daemon(jack, tmp_path, "--in", keys, "--out", client, engine=long_answer) as improvd:
-        our_in, our_out = (f"{n}:{n}" for n in (improvd.in_name, improvd.out_name))
+        our_in, our_out = improvd.full_in, improvd.full_out
         player.play()
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         synth.close()  # the synth and the keyboard quit in the middle of the answer

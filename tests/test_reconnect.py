@@ -39,7 +39,7 @@ PEER_START_S = 20.0  # a fresh Python on a loaded machine
 RECONNECT_S = 1.0  # the shipped default: a quick return falls well inside one check interval
 CONNECT_WITHIN_S = RECONNECT_S + 1.0  # the "within ports.reconnect_s", plus a loaded machine
 STABLE_S = 1.0  # improvd's ports present this long in a row count as settled
-STUCK_REMADE_WITHIN_S = 5.0  # stuck clients noticed and made again (daemon.STUCK_WINDOW_S, and a few tries)
+STUCK_REMADE_WITHIN_S = 5.0  # a client JACK never runs is made again (jackports.STUCK_S, and a few tries)
 ANSWER_WITHIN_S = 5.0
 RANDOM_RUN_S = 90.0
 RSS_GROWTH_KB = 4096
@@ -187,7 +187,7 @@ def test_input_flows_after_the_player_is_killed_and_restarted_slowly_and_quickly
     player.open()
     with closing(synth), daemon(jack, tmp_path, "--in", client, "--out", synth.client,
                                                ports={"reconnect_s": RECONNECT_S}) as improvd:
-        our_in = f"{improvd.in_name}:{improvd.in_name}"
+        our_in = improvd.full_in
         assert connected(jack, player.name, our_in)
         answer_after(synth, player.play(), "the answer before any restart")
         for away in (3.0, 0.2):
@@ -215,7 +215,7 @@ def test_a_synth_killed_and_restarted_quickly_gets_the_next_answer(jack: Jack, t
     with closing(player), daemon(jack, tmp_path, "--in", player.client, "--out", client,
                                  engine={"min_answer_s": 3.0, "max_answer_s": 3.0},
                                  ports={"reconnect_s": RECONNECT_S}) as improvd:
-        our_out = f"{improvd.out_name}:{improvd.out_name}"
+        our_out = improvd.full_out
         assert connected(jack, our_out, synth.name)
         player.play()
         synth.wait_for(synth.sounding, ANSWER_WITHIN_S, "a sounding answer note")
@@ -247,7 +247,7 @@ def test_random_kills_and_restarts_of_both_peers(jack: Jack, tmp_path: Path) -> 
     player.open()
     synth.open()
     with daemon(jack, tmp_path, "--in", keys, "--out", synth_client, ports={"reconnect_s": RECONNECT_S}) as improvd:
-        our_in, our_out = (f"{n}:{n}" for n in (improvd.in_name, improvd.out_name))
+        our_in, our_out = improvd.full_in, improvd.full_out
         answer_after(synth, player.play(), "the first answer")
         rss: list[int] = []
         cycles: list[str] = []
@@ -312,7 +312,7 @@ def test_a_jack_server_restart_ends_with_improvd_on_the_new_server(jack: Jack, t
     process = start_server(server, env, log_path)
     try:
         with daemon(own, tmp_path, ports={"reconnect_s": 0.2}) as improvd:
-            ours = {f"{n}:{n}" for n in (improvd.in_name, improvd.out_name)}
+            ours = {improvd.full_in, improvd.full_out}
             assert ours <= set(own.ports())
             stop_server(process)
             systemd.wait_for("STATUS", contains="JACK server gone", timeout=5)  # noticed and said
@@ -336,8 +336,8 @@ def test_a_jack_server_restart_ends_with_improvd_on_the_new_server(jack: Jack, t
             player, synth = PlayerProcess(own, unique("keys")), ReceiverProcess(own, unique("synth"))
             player.open()
             synth.open()
-            own.connect(player.name, f"{improvd.in_name}:{improvd.in_name}")
-            own.connect(f"{improvd.out_name}:{improvd.out_name}", synth.name)
+            own.connect(player.name, improvd.full_in)
+            own.connect(improvd.full_out, synth.name)
             try:
                 answer_after(synth, player.play(), "an answer on the new server")
             except AssertionError as err:
