@@ -46,8 +46,8 @@ class JackPeer:
     thread of its own, timed at its frame."""
 
     def __init__(self, client: str, keys: str | None = None, synth: str | None = None,
-                 on_message: Callable[[mido.Message, float], None] | None = None) -> None:
-        self.client = jack.Client(client, no_start_server=True)
+                 on_message: Callable[[mido.Message, float], None] | None = None, server: str | None = None) -> None:
+        self.client = jack.Client(client, no_start_server=True, servername=server)
         self.outbox: collections.deque[bytes] = collections.deque()
         self.inbox: collections.deque[tuple[int, bytes]] = collections.deque()
         self.on_message = on_message
