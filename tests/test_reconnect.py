@@ -124,6 +124,13 @@ class PlayerProcess(Peer):
         """Play the phrase; the time its last message was sent."""
         return float(self.wait_line("played", self.start_phrase()).split()[1])
 
+    def send(self, message: mido.Message) -> float:
+        """Send one message; the time it was sent."""
+        with self.changed:
+            start = len(self.lines)
+        self.command(f"send {message.bin().hex()}")
+        return float(self.wait_line("sent", start).split()[1])
+
 
 class ReceiverProcess(Peer, Recording):
     def __init__(self, jack: Jack, client: str) -> None:
@@ -201,6 +208,25 @@ def test_input_flows_after_the_player_is_killed_and_restarted_slowly_and_quickly
             phrase_end = player.play()
             first = answer_after(synth, phrase_end, f"the answer after a {away} s absence of the keyboard")
             assert first > back
+        assert improvd.process.poll() is None
+
+
+def test_a_player_killed_holding_a_key_then_another_phrase_is_answered(jack: Jack, tmp_path: Path) -> None:
+    """The keyboard dies with a key down on improvd's virtual input, so its NOTE_OFF never
+    comes: JACK drops the connection and improvd releases what came through it. The next
+    keyboard's phrase is answered (well before engine.max_held_s would release the key)."""
+    synth = Receiver(jack)
+    with closing(synth), daemon(jack, tmp_path, "--out", synth.client) as improvd:
+        player = PlayerProcess(jack, unique("keys"))
+        player.open()
+        jack.connect(player.name, improvd.full_in)
+        player.send(mido.Message("note_on", note=50, velocity=90))
+        time.sleep(0.5)
+        player.kill()
+        second = PlayerProcess(jack, unique("keys"))
+        second.open()
+        jack.connect(second.name, improvd.full_in)
+        answer_after(synth, second.play(), "the answer after a keyboard died holding a key")
         assert improvd.process.poll() is None
 
 
