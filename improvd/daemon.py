@@ -150,7 +150,8 @@ class Daemon:
         self.model: StepModel | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
-        self.session = MidiSession(config.ports, self.inbox.put)
+        realtime = config.service.realtime_priority if config.service.realtime else 0
+        self.session = MidiSession(config.ports, self.inbox.put, max(1, realtime - 1) if realtime else 0)
 
     # ---- lifecycle ---------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ class JackPort:
             raise PortError(f"cannot unregister the JACK port {port.name!r}: {err}") from err
 
     def __str__(self) -> str:
-        return f"{self.full_name or self.name!r}" + (" (virtual)" if self.virtual else f" <-> {self.peer!r}")
+        return f"{self.name!r} (virtual)" if self.virtual else f"{self.peer or self.wanted!r} (as {self.name!r})"
 
 
 class JackInput(JackPort, InputPort):
@@ -175,9 +175,17 @@ class JackInput(JackPort, InputPort):
         return [(min(now, self.client.time_of(frame)), payload[:size])
                 for frame, size, payload in RECORD.iter_unpack(data)]
 
+    def open(self, wait: bool = False) -> None:
+        if self.wake_fd < 0:
+            self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        JackPort.open(self, wait)
+
     def close(self) -> None:
-        InputPort.close(self)
+        InputPort.close(self)  # the reader has stopped: nothing waits on wake_fd any more
         JackPort.close(self)
+        if self.wake_fd >= 0:
+            os.close(self.wake_fd)
+            self.wake_fd = -1
 
 
 class JackOutput(JackPort, OutputPort):

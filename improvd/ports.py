@@ -104,13 +104,17 @@ class InputPort(Port):
         """(arrival, MIDI bytes) of what came in since the last call, oldest first; waits
         up to ``timeout`` when nothing has."""
 
-    def start_reading(self) -> None:
+    def start_reading(self, setup: Callable[[], None] | None = None) -> None:
+        """Start the reader thread; ``setup`` runs in it first (its scheduling priority)."""
         if self._reader is None:
             self._reading = True
-            self._reader = threading.Thread(target=self._read, name=f"improvd-{self.direction}", daemon=True)
+            self._reader = threading.Thread(target=self._read, args=(setup,), name=f"improvd-{self.direction}",
+                                            daemon=True)
             self._reader.start()
 
-    def _read(self) -> None:
+    def _read(self, setup: Callable[[], None] | None) -> None:
+        if setup is not None:
+            setup()
         while self._reading:
             for arrival, data in self.receive(RECEIVE_WAIT_S):
                 try:

@@ -20,6 +20,7 @@ import mido
 from improvd.config import PortsConfig
 from improvd.errors import PortError
 from improvd.ports import Backend, InputPort, OutputPort, backend
+from improvd.scheduler import raise_priority
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,15 @@ class Event(enum.Enum):
 
 
 class MidiSession:
-    def __init__(self, config: PortsConfig, deliver: Callable[[mido.Message, float], None]) -> None:
+    """``deliver(message, arrival)`` gets the input, from a reader thread that runs SCHED_FIFO
+    at ``reader_priority`` (0: as it is): on JACK that thread shares the GIL with the realtime
+    process callback, which must not wait for a thread the kernel has preempted."""
+
+    def __init__(self, config: PortsConfig, deliver: Callable[[mido.Message, float], None],
+                 reader_priority: int = 0) -> None:
         self.config = config
         self.deliver = deliver
+        self.reader_priority = reader_priority
         self.backend: Backend | None = None
         self.input: InputPort | None = None
         self.output: OutputPort | None = None
@@ -73,7 +80,7 @@ class MidiSession:
         except PortError:
             self._close_ports()
             raise
-        self.input.start_reading()
+        self.input.start_reading(lambda: raise_priority(self.reader_priority, "input"))
 
     def send(self, message: mido.Message, at: float | None = None) -> None:
         if self.output is None:
