@@ -58,6 +58,9 @@ import numpy as np
 import rtmidi
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.conftest import start_server, stop_server  # noqa: E402 - the tests' JACK server harness
+
 IMPROVD = Path(sys.executable).with_name("improvd")
 OUT = ROOT / "bench" / "results" / "latency.json"
 SERVER = "improvd-bench"  # fixed: JACK's registry has 8 slots, reclaimed by name
@@ -154,17 +157,14 @@ def machine() -> dict[str, object]:
 
 
 class Jack:
+    """The private server, started and stopped by the tests' harness (tests/conftest.py)."""
+
     def __init__(self, period: int, realtime: bool, workdir: Path) -> None:
         self.period = period
         self.log = workdir / f"jackd-{period}.log"
         flags = ["--realtime"] if realtime else ["--no-realtime"]
-        self.process = spawn(["jackd", "-n", SERVER, *flags, "-d", "dummy", "-r", str(RATE), "-p", str(period)],
-                             self.log)
-        deadline = time.monotonic() + 10
-        while jack_tool("jack_lsp", timeout=5).returncode != 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"jackd did not start: {self.log.read_text(errors='replace')[-500:]}")
-            time.sleep(0.05)
+        self.process = start_server(SERVER, dict(os.environ), self.log,
+                                    [*flags, "-d", "dummy", "-r", str(RATE), "-p", str(period)])
         text = self.log.read_text(errors="replace")
         self.realtime = realtime and "Cannot use real-time scheduling" not in text
 
@@ -180,7 +180,7 @@ class Jack:
         return self.log.read_text(errors="replace").count(f"client = {client} was not finished")
 
     def close(self) -> None:
-        stop(self.process)
+        stop_server(self.process)
 
 
 # ---- MIDI ends in this process --------------------------------------------------------------

@@ -336,7 +336,7 @@ class Daemon:
         engine, session = self.engine, self.session
         waiting = [session.waiting()] if session.waiting() else []
         parts = waiting + [f"mode {engine.settings.mode if engine else self.config.engine.mode}",
-                           f"in {session.input}", f"out {session.output}", f"model on {self.model.provider}"]
+                           session.ports_text(), f"model on {self.model.provider}"]
         if engine is not None and engine.clock_bpm:
             parts.append(f"clock {engine.clock_bpm:.0f} bpm")
         if engine is not None and not engine.playing:

@@ -164,6 +164,12 @@ class MidiSession:
         self.server_lost_at, self.never_up = None, False
         return [Event.SERVER_BACK]
 
+    def ports_text(self) -> str:
+        """"in X, out Y" for the status line (the names asked for, while no port is open)."""
+        p = self.config
+        return (f"in {self.input or repr(p.input or p.virtual_input)}, "
+                f"out {self.output or repr(p.output or p.virtual_output)}")
+
     def waiting(self) -> str:
         """What the session waits for, for systemd's STATUS ("" when it waits for nothing)."""
         if self.server_lost_at is None:

@@ -370,33 +370,53 @@ def test_virtual_port_is_named_after_its_client_and_disappears_on_close(jack: Ja
 
 def test_existing_port_is_connected_not_replaced_by_a_virtual_one(jack: Jack) -> None:
     """mido's backend would create a virtual port when given a client name; ours connects
-    a port named after improvd to the peer, and messages flow, garbage skipped."""
-    player = Player(jack)
+    a port named after improvd to the peer, and messages flow, garbage skipped. (The player
+    is a process of its own: python-rtmidi holds the GIL while it waits for jackd, and jackd
+    would wait for this process's JACK callback, which needs the GIL.)"""
+    client_name = unique("keys")
+    player = subprocess.Popen([sys.executable, "-m", "tests.midi_peer", "player", client_name, "keys out"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=jack.env, cwd=ROOT)
+
+    def command(text: str, answer: str) -> None:
+        player.stdin.write(text + "\n")
+        player.stdin.flush()
+        while not player.stdout.readline().startswith(answer):
+            pass
+
     received: list[mido.Message] = []
     arrived = threading.Event()
     client, local = unique("client"), unique("local in")
-    midi = ports_module.backend("jack", client)
-    port = midi.input(player.client.upper(), virtual=False, name=local,
-                      callback=lambda m, _at: (received.append(m), arrived.set()))
+    player_port = f"{client_name}:keys out"
+    midi = port = None
     try:
+        assert player.stdout.readline().strip() == "waiting"
+        command("open", "ready")
+        jack.wait_port_of(client_name, "keys out")
+        midi = ports_module.backend("jack", client)
+        port = midi.input(client_name.upper(), virtual=False, name=local,
+                          callback=lambda m, _at: (received.append(m), arrived.set()))
         port.open()
         port.start_reading()
-        assert port.peer == player.name
-        assert jack.connections()[player.name] == [f"{client}:{local}"]
+        assert port.peer == player_port
+        assert jack.connections()[player_port] == [f"{client}:{local}"]
         assert not [p for p in jack.ports() if "RtMidi" in p], jack.ports()
-        player.port._rt.send_message([0xF8 + 5])  # 0xFD: undefined status byte
-        player.send(mido.Message("note_on", note=61, velocity=90))
+        command("send fd", "sent")  # 0xFD: undefined status byte
+        command(f"send {mido.Message('note_on', note=61, velocity=90).hex().replace(' ', '')}", "sent")
         assert arrived.wait(5)
         assert received == [mido.Message("note_on", note=61, velocity=90)]
         assert port.ignored == 1
-        assert player.name in port.candidates()
-        player.close()
-        jack.wait_port(player.name.partition(":")[2], gone=True)
-        assert player.name not in port.candidates()
+        assert player_port in port.candidates()
+        player.kill()
+        player.wait()
+        jack.wait_port("keys out", gone=True)
+        assert player_port not in port.candidates()
     finally:
-        port.close()
-        player.close()
-        midi.close()
+        player.kill()
+        player.wait()
+        if port is not None:
+            port.close()
+        if midi is not None:
+            midi.close()
 
 
 # ---- improvd over JACK, end to end ----------------------------------------------------------

@@ -5,11 +5,15 @@ JACK (ports, notes) and at a notify socket standing in for systemd."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import mido
 
+from improvd.config import PortsConfig
+from improvd.session import MidiSession
 from tests.conftest import Jack, free_server_name, start_server, stop_server
 from tests.midi_peer import JackPeer
 from tests.service_helpers import NotifySocket
@@ -69,3 +73,40 @@ def test_a_server_that_never_comes_within_jack_wait_s_exits_4(jack: Jack, tmp_pa
         assert improvd.process.wait(30) == 4, improvd.log()
         assert "improvd: no JACK server after " in improvd.log()
         assert "Traceback" not in improvd.log()
+
+
+TIMEBASE_MASTER = """
+import sys, time, jack
+client = jack.Client(sys.argv[1], no_start_server=True)
+
+def timebase(state, blocksize, position, new_position):
+    position.valid = jack._lib.JackPositionBBT
+    position.bar, position.beat, position.tick, position.bar_start_tick = 3, 2, 0, 0.0
+    position.beats_per_bar, position.beat_type = 4.0, 4.0
+    position.ticks_per_beat, position.beats_per_minute = 1920.0, 96.0
+
+client.set_timebase_callback(timebase)
+client.activate()
+client.transport_start()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_jack_transport_tempo_bar_and_beat_are_readable_through_the_session(jack: Jack) -> None:
+    """A DAW as JACK's timebase master (a process of its own: one JACK client a process)."""
+    master = subprocess.Popen([sys.executable, "-c", TIMEBASE_MASTER, unique("daw")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=jack.env)
+    session = MidiSession(PortsConfig(api="jack", client_name=unique("improvd")), lambda message, at: None)
+    try:
+        assert master.stdout.readline().strip() == "ready"
+        session.open()
+        deadline = time.monotonic() + 5
+        while (transport := session.transport()) is None or not transport.rolling:
+            assert time.monotonic() < deadline, f"no transport: {transport}"
+            time.sleep(0.02)
+        assert (transport.bpm, transport.bar, transport.beat, transport.beats_per_bar) == (96.0, 3, 2, 4.0)
+    finally:
+        session.close()
+        master.stdin.close()
+        master.wait(5)
