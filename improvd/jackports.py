@@ -32,6 +32,7 @@ RECORD = struct.Struct("<IB3s")  # frame time, size, up to three MIDI bytes: 8 b
 RING_RECORDS = 4096  # per direction: 1.5 s of a 2,700 messages/s flood at 128 frames
 LATE_FRAME = 0x80000000  # a frame offset at or past this is in the past (32-bit wrap)
 NOW = 0x80  # flag in a record's size: no due time, write it in the next cycle
+DRAIN_S = 0.5  # how long closing an output waits for what is queued to be written
 LEAD_MARGIN_S = 0.002  # handed over one period plus this before it is due (covers a sleep's wake-up)
 
 _ffi = jack._ffi  # JACK-Client's own cffi handle on libjack: the callback needs its
@@ -243,6 +244,13 @@ class JackOutput(JackPort, OutputPort):
     @property
     def connected(self) -> bool:
         return self.jack_port is not None and self.client.alive and (self.virtual or self.peer is not None)
+
+    def close(self) -> None:
+        """What is queued goes out first (the releases a stop sends), for up to DRAIN_S."""
+        deadline = time.monotonic() + DRAIN_S
+        while self.tx.ring.read_space and self.client.alive and time.monotonic() < deadline:
+            time.sleep(0.001)
+        JackPort.close(self)
 
 
 STUCK_S = 1.0  # a client JACK has not run this long after it opened is made again

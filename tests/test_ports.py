@@ -1,5 +1,5 @@
-"""Ports over a real JACK server: improvd as a subprocess, JACK's own clients and a player /
-receiver speaking JACK through mido's rtmidi backend on the other end. Nothing is mocked.
+"""Ports over a real JACK server: improvd as a subprocess, JACK's own clients and players /
+receivers (JACK-Client processes, tests/midi_peer.py) on the other end. Nothing is mocked.
 
 Every test gives its daemon and its own ports unique names, waits for what it asserts
 (never a bare sleep), and terminates whatever it started in ``finally``.
@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 
 import mido
 import pytest
-import rtmidi
 
 from improvd import ports as ports_module
 from improvd.errors import PortError
-from tests.midi_peer import PHRASE
+from tests.conftest import _stop_with_parent
 
 if TYPE_CHECKING:
     from tests.conftest import Jack
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 IMPROVD = Path(sys.executable).with_name("improvd")
 MOTIF = ROOT / "examples" / "motif.mid"
-JACK_MIDO = "mido.backends.rtmidi/UNIX_JACK"
 
 SEED = 1234
 SILENCE_MS = 150
@@ -43,6 +41,7 @@ MAX_ANSWER_S = 1.5
 PITCH_LOW, PITCH_HIGH = 36, 96
 OUT_CHANNEL = 0  # ports.output_channel = 1
 TICK_S = 0.010  # the vocabulary's time grid: every generated event is due on it
+PEER_START_S = 20.0  # a fresh Python on a loaded machine
 
 # ---- helpers: config, daemon, player, receiver ---------------------------------------------
 
@@ -220,66 +219,132 @@ class Recording:
                 + "".join(f"\n  {line}" for line in shown))
 
 
-class Receiver(Recording):
-    """A virtual JACK input in this process (like a synth), recording what arrives.
+class Peer:
+    """A tests/midi_peer.py process: started at once, its JACK port opened on ``open``."""
 
-    It reads rtmidi's queue from a thread of its own instead of taking a Python callback:
-    a callback runs in JACK's process thread and must take the GIL there, and a cycle
-    that overruns while it waits lets the next cycle rewrite the MIDI buffers it is still
-    reading (measured here under load: repeated and lost events at the receiver, which
-    would be blamed on improvd)."""
-
-    POLL_S = 0.0005
-
-    def __init__(self, jack: Jack, client: str | None = None, port: str = "midi in") -> None:
-        super().__init__(jack, client or unique("synth"))
-        self.rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=self.client, queue_size_limit=8192)
-        self.rt.ignore_types(sysex=False, timing=False, active_sense=True)
-        self.rt.open_virtual_port(port)
-        self.running = True
-        self.reader = threading.Thread(target=self._read, name=f"receiver {self.client}", daemon=True)
+    def __init__(self, jack: Jack, role: str, client: str, port: str) -> None:
+        self.jack, self.role, self.client, self.port = jack, role, client, port
+        self.name = f"{client}:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.midi_peer", role, client, port],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True, env=jack.env, cwd=ROOT, preexec_fn=_stop_with_parent)
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        self.name = jack.wait_port_of(self.client, port)
+        STARTED.append(self)
+
+    def ready(self) -> Peer:
+        """Once the process waits for "open" (imports done)."""
+        self.wait_line("waiting")
+        return self
 
     def _read(self) -> None:
-        while self.running:
-            event = self.rt.get_message()
-            if event is None:
-                time.sleep(self.POLL_S)
-                continue
-            self._receive(mido.Message.from_bytes(event[0]))
+        for line in self.process.stdout:
+            self.on_line(line.strip())
+            with self.changed:
+                self.lines.append(line.strip())
+                self.changed.notify_all()
 
-    def close(self) -> None:
-        self.running = False
-        self.reader.join(1)
-        self.rt.close_port()
-        self.rt.delete()
+    def on_line(self, line: str) -> None:
+        """What a subclass makes of a line (a receiver: a message)."""
 
+    def wait_line(self, prefix: str, start: int = 0, timeout: float = PEER_START_S) -> str:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for line in self.lines[start:]:
+                    if line.startswith(prefix):
+                        return line
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise AssertionError(f"{self.role} {self.client}: no {prefix!r} line; it said {self.lines}")
+                self.changed.wait(0.05)
 
-class Player:
-    """A virtual JACK output in this process (like a keyboard) that plays timed phrases."""
+    def command(self, text: str) -> None:
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
 
-    def __init__(self, jack: Jack, client: str | None = None, port: str = "keys out") -> None:
-        self.client = client or unique("player")
-        self.port = mido.Backend(JACK_MIDO).open_output(port, virtual=True, client_name=self.client)
-        self.name = jack.wait_port_of(self.client, port)
-
-    def send(self, message: mido.Message) -> float:
-        self.port.send(message)
+    def open(self) -> float:
+        """Open its JACK port; the time it exists."""
+        self.command("open")
+        self.wait_line("ready")
+        self.jack.wait_port_of(self.client, self.port)
         return time.monotonic()
 
-    def play(self, phrase: list[tuple[float, float, int]] = PHRASE, channel: int = 0) -> float:
-        """Play (onset, length, pitch) notes on time; the send time of the last message."""
-        events = sorted([(on, "note_on", p) for on, _, p in phrase] + [(on + d, "note_off", p) for on, d, p in phrase])
-        start = time.monotonic() + 0.01
-        sent = start
-        for offset, kind, pitch in events:
-            time.sleep(max(0.0, start + offset - time.monotonic()))  # no spinning: it would hold the GIL
-            sent = self.send(mido.Message(kind, note=pitch, velocity=80 if kind == "note_on" else 0, channel=channel))
-        return sent
+    def kill(self) -> float:
+        """SIGKILL, as a crash; the time it is gone."""
+        self.process.kill()
+        self.process.wait()
+        self.reader.join(5)
+        return time.monotonic()
 
     def close(self) -> None:
-        self.port.close()
+        if self.process.poll() is None:
+            self.kill()
+
+
+class PlayerProcess(Peer):
+    def __init__(self, jack: Jack, client: str) -> None:
+        super().__init__(jack, "player", client, "keys out")
+
+    def start_phrase(self) -> int:
+        """Start playing the phrase (about half a second); the line index to wait from."""
+        with self.changed:
+            start = len(self.lines)
+        self.command("play")
+        return start
+
+    def play(self) -> float:
+        """Play the phrase; the time its last message was sent."""
+        return float(self.wait_line("played", self.start_phrase()).split()[1])
+
+    def send(self, message: mido.Message) -> float:
+        """Send one message; the time it was sent."""
+        with self.changed:
+            start = len(self.lines)
+        self.command(f"send {message.bin().hex()}")
+        return float(self.wait_line("sent", start).split()[1])
+
+
+class ReceiverProcess(Peer, Recording):
+    def __init__(self, jack: Jack, client: str) -> None:
+        Recording.__init__(self, jack, client)
+        Peer.__init__(self, jack, "receiver", client, "midi in")
+
+    def on_line(self, line: str) -> None:
+        at, _, data = line.partition(" ")
+        if data:
+            self._receive(mido.Message.from_bytes(bytes.fromhex(data)), float(at))
+
+
+STARTED: list[Peer] = []
+
+
+@pytest.fixture(autouse=True)
+def kill_peers() -> Iterator[None]:
+    """Every peer process a test started is gone after it, whatever happened."""
+    yield
+    while STARTED:
+        STARTED.pop().close()
+
+
+class Receiver(ReceiverProcess):
+    """A synth: a JACK-Client process of its own, recording what arrives, stamped by frame.
+    A process, not a client in this one: libjack shares one table of activation semaphores
+    among a process's clients, and a client made there can inherit a stale one and never be
+    woken (docs/jack.md); python-rtmidi also holds the GIL while it waits for jackd."""
+
+    def __init__(self, jack: Jack, client: str | None = None) -> None:
+        super().__init__(jack, client or unique("synth"))
+        self.open()
+
+
+class Player(PlayerProcess):
+    """A keyboard: a JACK-Client process of its own (see Receiver), playing PHRASE on "play"."""
+
+    def __init__(self, jack: Jack, client: str | None = None) -> None:
+        super().__init__(jack, client or unique("player"))
+        self.open()
 
 
 @contextmanager

@@ -11,31 +11,27 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mido
-import pytest
 
-from tests.conftest import Jack, _stop_with_parent, free_server_name, start_server, stop_server
+from tests.conftest import Jack, free_server_name, start_server, stop_server
 from tests.service_helpers import NotifySocket
 from tests.test_ports import (
     MAX_ANSWER_S,
-    ROOT,
     Player,
+    PlayerProcess,
     Receiver,
+    ReceiverProcess,
     Recording,
     assert_well_formed,
     closing,
     daemon,
+    kill_peers,  # noqa: F401 - an autouse fixture: every peer process gone after a test
     unique,
 )
 
-PEER_START_S = 20.0  # a fresh Python on a loaded machine
 RECONNECT_S = 1.0  # the shipped default: a quick return falls well inside one check interval
 CONNECT_WITHIN_S = RECONNECT_S + 1.0  # the issue's "within ports.reconnect_s", plus a loaded machine
 STABLE_S = 1.0  # improvd's ports present this long in a row count as settled
@@ -43,104 +39,6 @@ STUCK_REMADE_WITHIN_S = 5.0  # a client JACK never runs is made again (jackports
 ANSWER_WITHIN_S = 5.0
 RANDOM_RUN_S = 90.0
 RSS_GROWTH_KB = 4096
-
-
-class Peer:
-    """A tests/midi_peer.py process: started at once, its JACK port opened on ``open``."""
-
-    def __init__(self, jack: Jack, role: str, client: str, port: str) -> None:
-        self.jack, self.role, self.client, self.port = jack, role, client, port
-        self.name = f"{client}:{port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.midi_peer", role, client, port],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True, env=jack.env, cwd=ROOT, preexec_fn=_stop_with_parent)
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        STARTED.append(self)
-
-    def ready(self) -> Peer:
-        """Once the process waits for "open" (imports done)."""
-        self.wait_line("waiting")
-        return self
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.on_line(line.strip())
-            with self.changed:
-                self.lines.append(line.strip())
-                self.changed.notify_all()
-
-    def on_line(self, line: str) -> None:
-        """What a subclass makes of a line (a receiver: a message)."""
-
-    def wait_line(self, prefix: str, start: int = 0, timeout: float = PEER_START_S) -> str:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for line in self.lines[start:]:
-                    if line.startswith(prefix):
-                        return line
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise AssertionError(f"{self.role} {self.client}: no {prefix!r} line; it said {self.lines}")
-                self.changed.wait(0.05)
-
-    def command(self, text: str) -> None:
-        self.process.stdin.write(text + "\n")
-        self.process.stdin.flush()
-
-    def open(self) -> float:
-        """Open its JACK port; the time it exists."""
-        self.command("open")
-        self.wait_line("ready")
-        self.jack.wait_port_of(self.client, self.port)
-        return time.monotonic()
-
-    def kill(self) -> float:
-        """SIGKILL, as a crash; the time it is gone."""
-        self.process.kill()
-        self.process.wait()
-        self.reader.join(5)
-        return time.monotonic()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.kill()
-
-
-class PlayerProcess(Peer):
-    def __init__(self, jack: Jack, client: str) -> None:
-        super().__init__(jack, "player", client, "keys out")
-
-    def start_phrase(self) -> int:
-        """Start playing the phrase (about half a second); the line index to wait from."""
-        with self.changed:
-            start = len(self.lines)
-        self.command("play")
-        return start
-
-    def play(self) -> float:
-        """Play the phrase; the time its last message was sent."""
-        return float(self.wait_line("played", self.start_phrase()).split()[1])
-
-    def send(self, message: mido.Message) -> float:
-        """Send one message; the time it was sent."""
-        with self.changed:
-            start = len(self.lines)
-        self.command(f"send {message.bin().hex()}")
-        return float(self.wait_line("sent", start).split()[1])
-
-
-class ReceiverProcess(Peer, Recording):
-    def __init__(self, jack: Jack, client: str) -> None:
-        Recording.__init__(self, jack, client)
-        Peer.__init__(self, jack, "receiver", client, "midi in")
-
-    def on_line(self, line: str) -> None:
-        at, _, data = line.partition(" ")
-        if data:
-            self._receive(mido.Message.from_bytes(bytes.fromhex(data)), float(at))
 
 
 def connected(jack: Jack, a: str, b: str) -> bool:
@@ -161,17 +59,6 @@ def answer_after(synth: Recording, start: float, what: str) -> float:
     """The time of improvd's first NOTE_ON at ``synth`` after ``start``."""
     synth.wait_for(lambda: synth.note_ons(start), ANSWER_WITHIN_S, what)
     return synth.note_ons(start)[0][0]
-
-
-STARTED: list[Peer] = []
-
-
-@pytest.fixture(autouse=True)
-def kill_peers() -> Iterator[None]:
-    """Every peer process a test started is gone after it, whatever happened."""
-    yield
-    while STARTED:
-        STARTED.pop().close()
 
 
 def rss_kb(pid: int) -> int:
