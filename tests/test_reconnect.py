@@ -191,7 +191,10 @@ def test_random_kills_and_restarts_of_both_peers(jack: Jack, tmp_path: Path) -> 
                     new.open()
             wait_connected(jack, player.name, our_in)
             wait_connected(jack, our_out, synth.name)
-            synth.wait_for(lambda s=synth: not s.sounding(all_notes_off=True), MAX_ANSWER_S + 2, "silence first")
+            try:
+                synth.wait_for(lambda s=synth: not s.sounding(all_notes_off=True), MAX_ANSWER_S + 2, "silence first")
+            except AssertionError as err:
+                raise AssertionError(f"{err}\nafter {cycles}; improvd's log ends:\n{improvd.log()[-6000:]}") from None
             answer_after(synth, player.play(), f"the answer after: {cycles}")
             rss.append(rss_kb(improvd.process.pid))
         first = synth.note_ons()[-1][0]
