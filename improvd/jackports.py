@@ -302,5 +302,10 @@ class JackBackend(Backend):
     def failures(self) -> int:
         return self.client.failures
 
+    @property
+    def realtime(self) -> bool:
+        """Whether the server runs its clients' process threads realtime."""
+        return self.client.client.realtime
+
     def close(self) -> None:
         self.client.close()

@@ -154,6 +154,7 @@ class Backend(abc.ABC):
 
     api = ""
     xruns = 0  # overrun cycles its server reported (JACK only)
+    realtime = False  # whether its server runs our callback in a realtime thread (JACK only)
 
     @abc.abstractmethod
     def input(self, wanted: str, virtual: bool, name: str,

@@ -69,6 +69,9 @@ class MidiSession:
             return
         self._open_ports(wait=False)
         log.info("ports: in %s, out %s (api %s)", self.input, self.output, self.backend.api)
+        if self.backend.realtime and not self.reader_priority:
+            log.warning("JACK runs realtime but improvd's threads do not ([service] realtime = false): on a busy "
+                        "machine its JACK callback can wait for them and overrun (docs/jack.md)")
 
     def _open_ports(self, wait: bool) -> None:
         p, midi = self.config, self.backend
