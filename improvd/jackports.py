@@ -235,8 +235,8 @@ class JackOutput(JackPort, OutputPort):
         data = message.bytes()
         if len(data) > 3:
             raise PortError(f"output port {self.name!r}: {message.type} is longer than JACK output takes here")
-        if self.jack_port is None or not self.client.alive:
-            raise PortError(f"output port {self.name!r} is not open")
+        if not self.connected:  # nothing queued for a peer that is away reaches it when it returns
+            raise PortError(f"output port {self.name!r} is not connected")
         record = RECORD.pack(0, len(data) | NOW, bytes(data)) if at is None else \
             RECORD.pack(self.client.frame_at(at), len(data), bytes(data))
         with self.writing:
