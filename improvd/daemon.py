@@ -294,8 +294,8 @@ class Daemon:
 
     def _silence(self) -> None:
         """Stop the answer and forget its notes: nothing can hear their release."""
+        self.scheduler.forget_all()
         self.scheduler.submit(self.engine.panic(time.monotonic()))
-        self.scheduler.release_all()
 
     def _all_notes_off(self) -> None:
         try:

@@ -113,6 +113,15 @@ class Scheduler:
             self._release(self.sounding)
             self._release(self.passed_through)
 
+    def forget_all(self) -> None:
+        """The output's peer is gone: drop what is queued and forget every sounding note
+        without releasing it (nothing can hear the release, and a peer that is already back
+        must not get NOTE_OFFs for notes it never heard; it gets all-notes-off instead)."""
+        with self._wake:
+            self._queue.clear()
+            self.sounding.clear()
+            self.passed_through.clear()
+
     def alive(self) -> bool:
         """Whether the sending thread runs: the watchdog pings only while it does."""
         return self._thread is not None and self._thread.is_alive()

@@ -132,3 +132,16 @@ def test_a_port_that_places_messages_itself_gets_them_early_with_their_time():
     assert due - 0.03 <= handed < due - 0.015
     assert recorder.due[-1] == due
     scheduler.stop()
+
+
+def test_forget_all_drops_the_queue_and_sounding_notes_without_a_release():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now, on(60)), Timed(now + 5, off(60))]))
+    assert wait_until(lambda: len(recorder.notes()) == 1)
+    scheduler.forget_all()
+    assert scheduler.pending() == 0
+    scheduler.submit(Reply(cancel_after=time.monotonic(), release=True))
+    scheduler.stop()
+    assert [(m.type, m.note) for m in recorder.notes()] == [("note_on", 60)]
