@@ -1,6 +1,6 @@
 """Shared by the notify and service tests: a real `improvd` process on the test JACK server
 (the ``jack`` fixture of conftest.py), a player that sends it phrases and a listener that
-records what it plays, both real JACK MIDI clients in processes of their own."""
+records what it plays, both real JACK MIDI clients made with mido."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from pathlib import Path
 import mido
 
 from tests.engine_helpers import MODEL_PATH
-from tests.test_ports import PlayerProcess, ReceiverProcess
 
 PHRASE = [60, 62, 64, 65, 67, 65, 64, 62]  # played 120 ms apart, each held 100 ms
 STOP_DEADLINE_S = 1.0  # the issue's "within 1 s" from SIGTERM/SIGINT to exit
@@ -115,60 +114,92 @@ def log_lines(daemon: Improvd) -> list[str]:
     return [line for line in daemon.lines if LOG_LINE.search(line)]
 
 
-class Listener(ReceiverProcess):
-    """A synth connected to improvd's output (a JACK-Client process of its own, as in the
-    port tests): records every message, and which notes are sounding at the receiver."""
+class Listener:
+    """A JACK MIDI input connected to improvd's output: records every message, and which
+    notes are sounding at the receiver."""
 
     def __init__(self, jack, name: str = "listener") -> None:
-        super().__init__(jack, f"improvd-test-{name}-{os.getpid()}")
-        self.open()
-        self.full_name = self.name
+        self.jack = jack
+        self.received: list[tuple[float, mido.Message]] = []
+        self.sounding: set[tuple[int, int]] = set()
+        self.changed = threading.Condition()
+        client = f"improvd-test-{name}"
+        self.port = mido.Backend("mido.backends.rtmidi/UNIX_JACK").open_input(
+            name, virtual=True, client_name=client, callback=self._on_message)
+        self.full_name = jack.wait_port(name)
 
     def connect(self, improvd_output: str = "improvd out") -> None:
         self.jack.connect(self.jack.wait_port(improvd_output), self.full_name)
 
+    def _on_message(self, message: mido.Message) -> None:
+        with self.changed:
+            self.received.append((time.monotonic(), message))
+            key = (getattr(message, "channel", -1), getattr(message, "note", -1))
+            if message.type == "note_on" and message.velocity > 0:
+                self.sounding.add(key)
+            elif message.type in ("note_on", "note_off"):
+                self.sounding.discard(key)
+            self.changed.notify_all()
+
     def wait_sounding(self, timeout: float = 15.0) -> set[tuple[int, int]]:
         """Block until some note sounds at the receiver; the sounding (channel, note) pairs."""
-        return self.wait_for(self.sounding, timeout, f"improvd played no note in {timeout} s")
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not self.sounding:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"improvd played no note in {timeout} s; received {len(self.received)}")
+                self.changed.wait(left)
+            return set(self.sounding)
 
     def note_ons(self, since: float = 0.0) -> list[mido.Message]:
-        return [m for _, m in super().note_ons(since)]
+        with self.changed:
+            return [m for t, m in self.received if t >= since and m.type == "note_on" and m.velocity > 0]
 
     def unreleased(self) -> list[tuple[int, int]]:
         """(channel, note) of every note_on that no note_off (or velocity-0 note_on) followed."""
-        return sorted(self.sounding())
-
-    def all_notes_off_channels(self, since: float = 0.0) -> set[int]:
-        return super().all_notes_off_channels(since)
+        with self.changed:
+            return sorted(self.sounding)
 
     def transcript(self) -> str:
         """What arrived, one message a line with its time: for failure messages."""
-        events = self.since()
-        start = events[0][0] if events else 0.0
-        return "\n".join(f"{t - start:8.4f} {m}" for t, m in events if m.type != "control_change" or m.control != 64)
+        with self.changed:
+            start = self.received[0][0] if self.received else 0.0
+            return "\n".join(f"{t - start:8.4f} {m}" for t, m in self.received
+                             if m.type != "control_change" or m.control != 64)
+
+    def all_notes_off_channels(self, since: float) -> set[int]:
+        with self.changed:
+            return {m.channel for t, m in self.received
+                    if t >= since and m.type == "control_change" and m.control == 123}
+
+    def close(self) -> None:
+        self.port.close()
 
 
-class Player(PlayerProcess):
-    """A keyboard connected to improvd's input (a JACK-Client process of its own), playing
-    phrases like a keyboard."""
+class Player:
+    """A JACK MIDI output connected to improvd's input, playing phrases like a keyboard."""
 
     def __init__(self, jack, name: str = "player") -> None:
-        super().__init__(jack, f"improvd-test-{name}-{os.getpid()}")
-        self.open()
-        self.full_name = self.name
+        self.port = mido.Backend("mido.backends.rtmidi/UNIX_JACK").open_output(
+            name, virtual=True, client_name=f"improvd-test-{name}")
+        self.jack = jack
+        self.full_name = jack.wait_port(name)
 
     def connect(self, improvd_input: str = "improvd in") -> None:
         self.jack.connect(self.full_name, self.jack.wait_port(improvd_input))
 
     def play(self, notes: list[int] = PHRASE, gap: float = 0.12, hold: float = 0.1) -> float:
         """Play the phrase; the time its last note ended."""
-        start = time.monotonic()
-        for index, pitch in enumerate(notes):
-            time.sleep(max(0.0, start + index * gap - time.monotonic()))
-            self.send(mido.Message("note_on", note=pitch, velocity=80))
-            time.sleep(max(0.0, start + index * gap + hold - time.monotonic()))
-            ended = self.send(mido.Message("note_off", note=pitch, velocity=0))
-        return ended
+        for pitch in notes:
+            self.port.send(mido.Message("note_on", note=pitch, velocity=80))
+            time.sleep(hold)
+            self.port.send(mido.Message("note_off", note=pitch, velocity=0))
+            time.sleep(gap - hold)
+        return time.monotonic()
+
+    def close(self) -> None:
+        self.port.close()
 
 
 class NotifySocket:
