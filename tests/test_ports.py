@@ -590,6 +590,7 @@ def test_sigterm_during_an_answer_leaves_no_note_sounding(jack: Jack, tmp_path: 
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         stopped_at = time.monotonic()
         assert improvd.stop(signal.SIGTERM) == 0
+        synth.wait_quiet(0.2, 5)  # the synth is a process of its own: what it heard, reported
         assert not synth.sounding(), f"left sounding: {synth.sounding()}"  # by explicit NOTE_OFFs
         assert synth.all_notes_off_channels(stopped_at) == set(range(16))
         assert_well_formed(synth.notes(), "answer stopped by SIGTERM", synth)
