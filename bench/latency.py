@@ -7,17 +7,19 @@
 What it measures, all through the same private JACK server (``jackd -n improvd-bench``,
 restarted for each period size):
 
-- transport floor: the round trip of a bare python-rtmidi echo client (a second process
-  that sends back what it receives, from rtmidi's callback, as improvd does), timed here on
-  CLOCK_MONOTONIC; and ``jack_midi_latency_test`` through the same echo client (JACK's own
-  frame-accurate figure for that client's hop);
+- transport floor: the round trip of a bare JACK-Client echo client (a second process
+  that sends back what it receives in the same cycle), from a python-rtmidi sender to a
+  receiver here that stamps each message with its JACK frame time on CLOCK_MONOTONIC; and
+  ``jack_midi_latency_test`` through the same echo client (JACK's own frame-accurate figure);
 - the daemon: key-down sent -> state updated (improvd's own ``input_to_state`` telemetry,
   from the callback to the LSTM state, plus one transport hop); phrase end -> first answer
   note received, minus the silence and minus the transport floor (the part improvd adds),
   next to improvd's own ``phrase_end_to_first_note`` (deadline -> sent);
-- output timing: how late the answer's notes arrive against the 10 ms grid they are
-  scheduled on (a constant transport delay removed), once with the machine as it is and
-  once with a busy-loop process added; next to improvd's own ``output_lateness``;
+- output timing: how late the answer's notes arrive *at the receiver* (stamped by frame)
+  against the 10 ms grid they are scheduled on (a constant transport delay removed), once
+  with the machine as it is and once with a busy-loop process added; next to improvd's own
+  ``output_lateness`` (how late it handed each note to its port), and JACK's overruns, all
+  and those jackd blamed on improvd's client;
 - duet: a player looping a phrase while improvd plays along; improvd's own send lateness
   and input -> state, beside call-response's;
 - loaded: every core busy with a busy-loop process of this benchmark's, then call-response
@@ -34,6 +36,7 @@ A benchmark, not a test: it prints a table and writes JSON; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import datetime
 import json
@@ -50,10 +53,14 @@ import threading
 import time
 from pathlib import Path
 
+import jack
 import numpy as np
 import rtmidi
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.conftest import start_server, stop_server  # noqa: E402 - the tests' JACK server harness
+
 IMPROVD = Path(sys.executable).with_name("improvd")
 OUT = ROOT / "bench" / "results" / "latency.json"
 SERVER = "improvd-bench"  # fixed: JACK's registry has 8 slots, reclaimed by name
@@ -150,17 +157,14 @@ def machine() -> dict[str, object]:
 
 
 class Jack:
+    """The private server, started and stopped by the tests' harness (tests/conftest.py)."""
+
     def __init__(self, period: int, realtime: bool, workdir: Path) -> None:
         self.period = period
         self.log = workdir / f"jackd-{period}.log"
         flags = ["--realtime"] if realtime else ["--no-realtime"]
-        self.process = spawn(["jackd", "-n", SERVER, *flags, "-d", "dummy", "-r", str(RATE), "-p", str(period)],
-                             self.log)
-        deadline = time.monotonic() + 10
-        while jack_tool("jack_lsp", timeout=5).returncode != 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"jackd did not start: {self.log.read_text(errors='replace')[-500:]}")
-            time.sleep(0.05)
+        self.process = start_server(SERVER, dict(os.environ), self.log,
+                                    [*flags, "-d", "dummy", "-r", str(RATE), "-p", str(period)])
         text = self.log.read_text(errors="replace")
         self.realtime = realtime and "Cannot use real-time scheduling" not in text
 
@@ -171,31 +175,50 @@ class Jack:
     def xruns(self) -> int:
         return self.log.read_text(errors="replace").count("XRun")
 
+    def xruns_of(self, client: str) -> int:
+        """Overruns jackd blamed on ``client`` ("client = NAME was not finished")."""
+        return self.log.read_text(errors="replace").count(f"client = {client} was not finished")
+
     def close(self) -> None:
-        stop(self.process)
+        stop_server(self.process)
 
 
 # ---- MIDI ends in this process --------------------------------------------------------------
 
 
 class Receiver:
-    """A virtual JACK input here; the callback stamps each message on CLOCK_MONOTONIC (this
-    process's main thread only sleeps meanwhile, so the GIL is free for it)."""
+    """A JACK input here (JACK-Client, the system's libjack), each message stamped with its
+    frame time on CLOCK_MONOTONIC: when JACK delivered it, whatever this process was doing
+    (note lateness *at the receiver*, not at a thread of ours)."""
 
     def __init__(self, client: str) -> None:
         self.events: list[tuple[float, list[int]]] = []
         self.cond = threading.Condition()
-        self.rt = rtmidi.MidiIn(J, name=client, queue_size_limit=16384)
-        self.rt.ignore_types(False, False, True)
-        self.rt.set_callback(self._on)
-        self.rt.open_virtual_port("in")
-        self.name = f"{client}:in"
+        self.arrived: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.client = jack.Client(client, no_start_server=True)
+        self.port = self.client.midi_inports.register("in")
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+        self.name = f"{self.client.name}:in"
+        self.running = True
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-    def _on(self, event: tuple[list[int], float], _data: object) -> None:
-        now = time.monotonic()
-        with self.cond:
-            self.events.append((now, event[0]))
-            self.cond.notify_all()
+    def _process(self, frames: int) -> None:
+        start = self.client.last_frame_time
+        for offset, data in self.port.incoming_midi_events():
+            self.arrived.append((start + offset, bytes(data)))
+
+    def _read(self) -> None:
+        while self.running:
+            if not self.arrived:
+                time.sleep(0.0005)
+                continue
+            frame, data = self.arrived.popleft()
+            age = ((self.client.frame_time - frame + 2**31) & 0xFFFFFFFF) - 2**31
+            with self.cond:
+                self.events.append((time.monotonic() - age / RATE, list(data)))
+                self.cond.notify_all()
 
     def wait(self, predicate, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -212,9 +235,10 @@ class Receiver:
             self.events.clear()
 
     def close(self) -> None:
-        self.rt.cancel_callback()
-        self.rt.close_port()
-        self.rt.delete()
+        self.running = False
+        self.reader.join(1)
+        self.client.deactivate()
+        self.client.close()
 
 
 class Sender:
@@ -233,17 +257,21 @@ class Sender:
 
 
 def echo_main(client: str) -> None:
-    """--echo: the bare rtmidi client of the transport floor: what comes in goes out, from
-    rtmidi's callback (on JACK, the process thread), as improvd's input does."""
-    out = rtmidi.MidiOut(J, name=f"{client} out")
-    out.open_virtual_port("out")
-    inp = rtmidi.MidiIn(J, name=f"{client} in")
-    inp.ignore_types(False, False, False)
-    inp.set_callback(lambda event, _data: out.send_message(event[0]))
-    inp.open_virtual_port("in")
+    """--echo: the bare JACK client of the transport floor (JACK-Client, one client, as
+    improvd is): what comes in goes out in the same cycle, at the same frame."""
+    echo = jack.Client(client, no_start_server=True)
+    inp, out = echo.midi_inports.register("in"), echo.midi_outports.register("out")
+
+    def process(frames: int) -> None:
+        out.clear_buffer()
+        for offset, data in inp.incoming_midi_events():
+            out.write_midi_event(offset, data)
+
+    echo.set_process_callback(process)
+    echo.activate()
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    inp.close_port()
-    out.close_port()
+    echo.deactivate()
+    echo.close()
 
 
 # ---- the parts ------------------------------------------------------------------------------
@@ -251,13 +279,13 @@ def echo_main(client: str) -> None:
 
 def start_echo(jack: Jack, workdir: Path, sender: Sender, receiver: Receiver) -> tuple[subprocess.Popen, int]:
     """The echo client, connected and answering; started again (up to twice) if it does not
-    answer within 2 s (seen once on this machine: a client whose JACK thread never ran)."""
+    answer within 2 s."""
     for attempt in range(3):
         echo = spawn([sys.executable, __file__, "--echo", "echo"], workdir / f"echo-{jack.period}-{attempt}.log")
-        wait_port("echo in:in")
-        wait_port("echo out:out")
-        connect(sender.name, "echo in:in")
-        connect("echo out:out", receiver.name)
+        wait_port("echo:in")
+        wait_port("echo:out")
+        connect(sender.name, "echo:in")
+        connect("echo:out", receiver.name)
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             receiver.clear()
@@ -291,7 +319,7 @@ def transport_floor(args: argparse.Namespace, jack: Jack, workdir: Path) -> dict
         receiver.close()
         sender = receiver = None
         # JACK's own tool, frame-accurate, through the same echo client.
-        test = jack_tool("jack_midi_latency_test", "-s", str(args.jack_test_samples), "echo in:in", "echo out:out",
+        test = jack_tool("jack_midi_latency_test", "-s", str(args.jack_test_samples), "echo:in", "echo:out",
                          timeout=60)
         found = {key: float(m.group(1)) for key, pattern in (
             ("average_ms", r"Average latency: ([\d.]+) ms"), ("lowest_ms", r"Lowest latency: ([\d.]+) ms"),
@@ -314,7 +342,8 @@ class Daemon:
         sections = {k: dict(v) for k, v in sections.items()}
         settings: dict[str, dict[str, object]] = {
             "model": {"device": "cpu"},
-            "ports": {"api": "jack", "virtual_input": f"{name} in", "virtual_output": f"{name} out"},
+            "ports": {"api": "jack", "client_name": name, "virtual_input": f"{name} in",
+                      "virtual_output": f"{name} out"},
             "engine": {"silence_ms": SILENCE_MS, "seed": 1234},
             "telemetry": {"interval_s": 0.0},
             "service": {"watchdog": False, "realtime": SCHEDULER_REALTIME[0]},
@@ -328,7 +357,8 @@ class Daemon:
                                   for s, kv in settings.items()))
         self.log = workdir / f"{name}.log"
         self.process = spawn([str(IMPROVD), "--config", str(config)], self.log)
-        self.input, self.output = f"{name} in:{name} in", f"{name} out:{name} out"
+        self.name = name
+        self.input, self.output = f"{name}:{name} in", f"{name}:{name} out"
         deadline = time.monotonic() + 30
         while "daemon: ready:" not in self.log.read_text(errors="replace"):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -426,7 +456,7 @@ def output_timing(args: argparse.Namespace, jack: Jack, workdir: Path, busy: boo
         connect(daemon.output, receiver.name)
         lateness: list[float] = []
         answers = 0
-        xruns = jack.xruns()
+        xruns, ours = jack.xruns(), jack.xruns_of(daemon.name)
         deadline = time.monotonic() + args.timing_seconds
         while time.monotonic() < deadline:
             receiver.clear()
@@ -445,7 +475,8 @@ def output_timing(args: argparse.Namespace, jack: Jack, workdir: Path, busy: boo
             answers += 1
         telemetry = daemon.stop()
         return {"busy_loop": busy, "answers": answers, "lateness_s": pct(lateness),
-                "telemetry_output_lateness": telemetry.get("output_lateness", {}), "xruns": jack.xruns() - xruns}
+                "telemetry_output_lateness": telemetry.get("output_lateness", {}), "xruns": jack.xruns() - xruns,
+                "xruns_improvd": jack.xruns_of(daemon.name) - ours}
     finally:
         sender.close()
         receiver.close()
@@ -464,7 +495,7 @@ def duet(args: argparse.Namespace, jack: Jack, workdir: Path, tag: str = "",
     try:
         connect(sender.name, daemon.input)
         connect(daemon.output, receiver.name)
-        xruns, loops = jack.xruns(), 0
+        xruns, ours, loops = jack.xruns(), jack.xruns_of(daemon.name), 0
         deadline = time.monotonic() + args.timing_seconds
         while time.monotonic() < deadline:
             for pitch in PHRASE:
@@ -477,7 +508,8 @@ def duet(args: argparse.Namespace, jack: Jack, workdir: Path, tag: str = "",
         telemetry = daemon.stop()
         with receiver.cond:
             received = note_balance(list(receiver.events), channel=0)
-        return {"phrases": loops, "telemetry": telemetry, "received": received, "xruns": jack.xruns() - xruns}
+        return {"phrases": loops, "telemetry": telemetry, "received": received, "xruns": jack.xruns() - xruns,
+                "xruns_improvd": jack.xruns_of(daemon.name) - ours}
     finally:
         sender.close()
         receiver.close()
@@ -626,12 +658,14 @@ def table(result: dict) -> str:
         row(f"note lateness at receiver ({label})", lambda p, k=kind: fmt(p["timing"][k]["lateness_s"]))
         row("  improvd's own send lateness (telemetry)",
             lambda p, k=kind: fmt(p["timing"][k]["telemetry_output_lateness"]))
-        row("  notes / answers / JACK xruns", lambda p, k=kind: "{} / {} / {}".format(
-            p["timing"][k]["lateness_s"].get("n", 0), p["timing"][k]["answers"], p["timing"][k]["xruns"]))
+        row("  notes / answers / JACK xruns (improvd's)", lambda p, k=kind: "{} / {} / {} ({})".format(
+            p["timing"][k]["lateness_s"].get("n", 0), p["timing"][k]["answers"], p["timing"][k]["xruns"],
+            p["timing"][k]["xruns_improvd"]))
     row("duet: send lateness (telemetry)", lambda p: fmt(p["duet"]["telemetry"]["output_lateness"]))
     row("duet: input -> state (telemetry)", lambda p: fmt(p["duet"]["telemetry"]["input_to_state"]))
-    row("  notes played / left sounding / JACK xruns", lambda p: "{} / {} / {}".format(
-        p["duet"]["received"]["note_on"], len(p["duet"]["received"]["left_sounding"]), p["duet"]["xruns"]))
+    row("  notes played / left sounding / xruns (improvd's)", lambda p: "{} / {} / {} ({})".format(
+        p["duet"]["received"]["note_on"], len(p["duet"]["received"]["left_sounding"]), p["duet"]["xruns"],
+        p["duet"]["xruns_improvd"]))
     for rt in ("off", "on"):
         lines.append(f"every core busy (a busy loop each), improvd service.realtime {rt}:")
         row("  key-down -> state (telemetry)", lambda p, r=rt: fmt(p["loaded"][r]["phrase"]["telemetry"]
@@ -644,6 +678,11 @@ def table(result: dict) -> str:
                                                                     ["output_lateness"]))
         row("  duet: input -> state (telemetry)", lambda p, r=rt: fmt(p["loaded"][r]["duet"]["telemetry"]
                                                                      ["input_to_state"]))
+        row("  note lateness at receiver, call-response", lambda p, r=rt: fmt(p["loaded"][r]["timing"]
+                                                                             ["lateness_s"]))
+        row("  JACK xruns (improvd's): call-resp. / duet", lambda p, r=rt: "{} ({}) / {} ({})".format(
+            p["loaded"][r]["timing"]["xruns"], p["loaded"][r]["timing"]["xruns_improvd"],
+            p["loaded"][r]["duet"]["xruns"], p["loaded"][r]["duet"]["xruns_improvd"]))
     flood_result = result.get("flood")
     if flood_result:
         lines += ["", f"flood at {flood_result['period_frames']} frames, passthrough on "

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_ports:
             from improvd.ports import list_ports
 
-            print(list_ports(config.ports.api))
+            print(list_ports(config.ports.api, config.ports.client_name))
             return EXIT_OK
         if args.command == "config":
             print(format_config(config))

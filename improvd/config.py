@@ -74,6 +74,8 @@ class PortsConfig:
     program: int = setting(-1, off=-1, ge=0, le=127)
     passthrough: bool = setting(False)
     reconnect_s: float = setting(1.0, gt=0)
+    client_name: str = setting("improvd", nonempty=True)
+    jack_wait_s: float = setting(0.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class EngineConfig:
     answer_ratio: float = setting(1.0, gt=0)
     lookahead_ms: int = setting(250, ge=20, le=5000)
     seed: int = setting(-1, off=-1, ge=0)
+    max_held_s: float = setting(10.0, gt=0)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from improvd.config import ControlsConfig
 
-ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic
+ALL_SOUND_OFF_CC, RESET_CONTROLLERS_CC, ALL_NOTES_OFF_CC = 120, 121, 123
 PANIC = "panic"
+RELEASE_KEYS, RELEASE_ALL, RELEASE_PEDAL = "keys", "keys and pedal", "pedal"  # what the player lifts
 FORGET = "forget"  # the player memory forgets this player
 CLOCK_MESSAGES = ("start", "continue", "stop", "clock")
 
@@ -21,10 +22,18 @@ class Controls:
         self._last_clock: float | None = None
 
     def control(self, control: int, value: int) -> tuple[str, object] | None:
-        """What a CC asks for: (PANIC, None), (FORGET, None), ("mode", a mode), or (a ``Live``
-        field, its new value); None when it is not one of ours."""
+        """What a CC asks for: (PANIC, what of the player's to release or None), (PANIC or None,
+        RELEASE_PEDAL), (FORGET, None), ("mode", a mode), or (a ``Live`` field, its new value);
+        None when it is not one of ours. All Notes Off / All Sound Off from a player (a DAW's
+        Stop) also lift the keys it holds, whose NOTE_OFFs will never come."""
         c = self.config
-        if control == c.panic_cc or control in ALL_NOTES_OFF_CCS:
+        if control == ALL_NOTES_OFF_CC:
+            return PANIC, RELEASE_KEYS
+        if control == ALL_SOUND_OFF_CC:
+            return PANIC, RELEASE_ALL
+        if control == RESET_CONTROLLERS_CC:
+            return None, RELEASE_PEDAL
+        if control == c.panic_cc:
             return PANIC, None
         if control == c.temperature_cc:
             return "temperature", 0.25 * 8 ** (value / 127)  # 0.25..2.0, logarithmic: the middle is 0.7

@@ -21,13 +21,13 @@ import mido
 from improvd import candidates as candidates_module
 from improvd.config import Config, changed_settings, load_config
 from improvd.engine import Engine, Reply, Timed
-from improvd.errors import ImprovdError, PortError
+from improvd.errors import ImprovdError
 from improvd.model import StepModel
 from improvd.notify import Notifier
-from improvd.ports import InputPort, Midi, OutputPort, backend
 from improvd.sampler import make_rng
 from improvd.scheduler import Scheduler, all_notes_off, raise_priority
 from improvd.seed import read_seed
+from improvd.session import Event, MidiSession
 from improvd.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,6 @@ STATUS_INTERVAL_S = 5.0  # STATUS= for `systemctl status`, resent only when it c
 RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
 INPUT_BATCH = 32  # input messages folded between two generation polls
 MAX_LAG_S = 0.1  # a queued new note older than this is dropped
-STUCK_XRUNS = 10  # overruns, just after our clients were made on a returned JACK server, that mean they are stuck
-STUCK_WINDOW_S = 3.0  # how long after that they are watched for it
 SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms GIL slice would make the scheduler late
 
 
@@ -48,17 +46,31 @@ def build_engine(config: Config, model: StepModel, now: float, **options) -> Eng
     return Engine(model, config, make_rng(config.engine.seed), now, clock=time.perf_counter, **options)
 
 
+class Periodic:
+    """Something the loop does every ``interval`` seconds (None or 0: never on its own)."""
+
+    def __init__(self, interval: float | None, now: float, first: float | None = None) -> None:
+        self.interval = interval or None
+        self.next = (now + self.interval if first is None else first) if self.interval else float("inf")
+
+    def due(self, now: float) -> bool:
+        """Whether it is time; if so, the next time is one interval from now."""
+        if now < self.next:
+            return False
+        self.next = now + self.interval if self.interval else float("inf")
+        return True
+
+
 class Inbox:
-    """The input callback's queue: bounded, and under a flood it drops new notes before it
-    drops anything that ends one."""
+    """The input's queue: bounded, and under a flood it drops new notes before it drops
+    anything that ends one."""
 
     def __init__(self, telemetry: Telemetry) -> None:
         self.items: deque[tuple[float, mido.Message]] = deque()
         self.ready = threading.Condition()
         self.telemetry = telemetry
 
-    def put(self, message: mido.Message) -> None:
-        arrival = time.monotonic()
+    def put(self, message: mido.Message, arrival: float) -> None:
         with self.ready:
             size = len(self.items)
             if size >= HARD_MAX_PENDING or (size >= MAX_PENDING and message.type not in RELEASE_TYPES):
@@ -109,11 +121,8 @@ class Daemon:
         self.model: StepModel | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
-        self.input: InputPort | None = None
-        self.output: OutputPort | None = None
-        self.midi: Midi | None = None
-        self.server_lost_at: float | None = None  # since when the MIDI server has been gone
-        self.recreated: tuple[float, int] | None = None  # (when, JACK's xrun count then) after a server return
+        realtime = config.service.realtime_priority if config.service.realtime else 0
+        self.session = MidiSession(config.ports, self.inbox.put, max(1, realtime - 1) if realtime else 0)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -140,10 +149,11 @@ class Daemon:
         try:
             seed = read_seed(self.seed_file, self.seed_track, self.seed_from) if self.seed_file else None
             self.model = StepModel(self.config.model.path, self.config.model.device)
-            self._open_ports()
+            self.session.open()
             self.engine = build_engine(self.config, self.model, time.monotonic())
             realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
-            self.scheduler = Scheduler(self.output.send, self.telemetry, realtime_priority=realtime)
+            self.scheduler = Scheduler(self.session.send, self.telemetry, realtime_priority=realtime,
+                                       lead_s=self.session.lead_s)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             self.scheduler.start()
             # The engine loop (this thread) feeds the sender: realtime too, one step below it.
@@ -161,26 +171,11 @@ class Daemon:
             self.notifier.stopping(failure or "stopping")
             if self.scheduler is not None:
                 self.scheduler.stop()
-            for port in (self.input, self.output):
-                if port is not None:
-                    port.close()
-            if self.midi is not None:
-                self.midi.close()
+            self.session.close()
             if self.scheduler is not None:
                 log.info("stopped: %s", self.telemetry_line())
             self.notifier.close()
         return 0
-
-    def _open_ports(self) -> None:
-        p = self.config.ports
-        self.midi = midi = backend(p.api)
-        self.output = OutputPort(midi, p.output or p.virtual_output, virtual=not p.output,
-                                 local_name=p.virtual_output)
-        self.output.open()
-        self.input = InputPort(midi, p.input or p.virtual_input, virtual=not p.input, callback=self.inbox.put,
-                               local_name=p.virtual_input)
-        self.input.open()
-        log.info("ports: in %s, out %s (api %s)", self.input, self.output, midi.api)
 
     def _startup_messages(self, seed) -> None:
         now = time.monotonic()
@@ -196,9 +191,12 @@ class Daemon:
     # ---- the loop ------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_report = time.monotonic() + (self.config.telemetry.interval_s or float("inf"))
-        next_port_check = time.monotonic() + self.config.ports.reconnect_s
-        next_watchdog = next_status = time.monotonic()
+        now = time.monotonic()
+        watchdog_every = self.notifier.watchdog_interval if self.config.service.watchdog else None
+        report = Periodic(self.config.telemetry.interval_s, now)
+        port_check = Periodic(self.config.ports.reconnect_s, now)
+        watchdog = Periodic(watchdog_every, now, first=now)
+        status = Periodic(min(STATUS_INTERVAL_S, watchdog_every or STATUS_INTERVAL_S), now, first=now)
         scheduler_died = False
         if self.notifier.watchdog_interval and not self.config.service.watchdog:
             log.warning("systemd expects watchdog pings (WatchdogSec=) but [service] watchdog = false: "
@@ -217,24 +215,20 @@ class Daemon:
             if self.notifier.active:
                 # Pinged from this loop, and only while the scheduler thread lives: a wedged
                 # engine or a dead scheduler stops the pings and systemd restarts us.
-                watchdog_every = self.notifier.watchdog_interval if self.config.service.watchdog else None
-                if watchdog_every and now >= next_watchdog:
+                if watchdog.due(now):
                     if self.scheduler.alive():
                         self.notifier.watchdog()
                     elif not scheduler_died:
                         scheduler_died = True
                         log.error("the scheduler thread has died; withholding watchdog pings so systemd restarts us")
-                    next_watchdog = now + watchdog_every
-                if now >= next_status:
+                if status.due(now):
                     self.notifier.status(self.status())
-                    next_status = now + min(STATUS_INTERVAL_S, watchdog_every or STATUS_INTERVAL_S)
-            if now >= next_port_check or self.midi.changed:
-                self._check_ports()
-                next_port_check = now + self.config.ports.reconnect_s
-            if now >= next_report or self.report_requested.is_set():
+            if port_check.due(now) or self.session.changed():
+                for event in self.session.check():
+                    self._on_port_event(event)
+            if report.due(now) or self.report_requested.is_set():
                 self.report_requested.clear()
                 log.info("telemetry: %s", self.telemetry_line())
-                next_report = now + (self.config.telemetry.interval_s or float("inf"))
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
@@ -251,97 +245,34 @@ class Daemon:
         self.telemetry.count("answers_chosen_partial", int(not choice.complete))
         self.last_choice = choice
 
-    def _check_ports(self) -> None:
-        """Follow peers that go and come back, and the MIDI server itself. When the output's
-        peer goes, the answer is stopped and the notes forgotten while nothing can hear them
-        (the release goes nowhere), so the peer that comes back gets all-notes-off and no
-        stray NOTE_OFF. A lost player's held keys are released."""
-        self.midi.ports_checked()
-        if self.server_lost_at is not None:
-            self._recreate_ports()
-            return
-        lost = self.midi.server_lost()
-        if lost is not None:
-            self._server_lost(*lost)
-            return
-        if self.recreated is not None and self._recreated_clients_stuck():
-            return
-        output_lost, output_back = self.output.check()
-        input_lost, _ = self.input.check()
-        if input_lost:
-            self.scheduler.submit(self.engine.release_player(time.monotonic()))
-        if output_lost:
+    def _on_port_event(self, event: Event) -> None:
+        """A lost player's keys are released. When the output's peer goes, the answer is
+        stopped and its notes forgotten while nothing can hear them (the release goes
+        nowhere), so the peer that comes back gets all-notes-off and no stray NOTE_OFF. A
+        server that went takes both; one that is back gets all-notes-off."""
+        now = time.monotonic()
+        if event in (Event.INPUT_LOST, Event.SERVER_LOST):
+            self.scheduler.submit(self.engine.release_player(now))
+        if event in (Event.OUTPUT_LOST, Event.SERVER_LOST):
             self._silence()
-        if output_back:
+        if event is Event.SERVER_BACK:
+            self.scheduler.lead_s = self.session.lead_s
+        if event is Event.OUTPUT_BACK or (event is Event.SERVER_BACK and self.session.connected):
             self._all_notes_off()
+        if event in (Event.SERVER_LOST, Event.SERVER_BACK):
+            self.notifier.status(self.status())
 
     def _silence(self) -> None:
         """Stop the answer and forget its notes: nothing can hear their release."""
+        self.scheduler.forget_all()
         self.scheduler.submit(self.engine.panic(time.monotonic()))
-        self.scheduler.release_all()
 
     def _all_notes_off(self) -> None:
         try:
             for message in all_notes_off():
-                self.output.send(message)
+                self.session.send(message)
         except ImprovdError as err:  # gone again already: the next check sees it
             log.warning("output port: %s", err)
-
-    def _server_lost(self, since: float, reason: str) -> None:
-        """JACK went away (its shutdown callback said so) and took our clients and ports
-        with it: release everything, close what is left, and wait for it to come back.
-        Waiting, not exiting 4: on a desktop JACK (or PipeWire) restarts are routine, and
-        the engine's state, the model and the seed survive; systemd sees the STATUS."""
-        self.server_lost_at = since
-        log.error("the JACK server went away (%s); waiting for it to come back to recreate our ports",
-                  reason.strip() or "no reason given")
-        self._drop_ports(since)
-        self.scheduler.submit(self.engine.release_player(time.monotonic()))
-        self._silence()
-        self.notifier.status(self.status())
-
-    def _recreate_ports(self) -> None:
-        """Called every ``ports.reconnect_s`` while the server is away: once it answers,
-        our clients and ports are made anew (peers by name are connected when they exist)."""
-        try:
-            self.midi.start()
-            for port in (self.output, self.input):
-                port.open(wait=True)
-        except PortError as err:
-            log.debug("JACK server not back yet: %s", err)
-            self._drop_ports(self.server_lost_at)
-            return
-        away = time.monotonic() - self.server_lost_at
-        self.recreated = (time.monotonic(), self.midi.graph.xruns)
-        self.server_lost_at = None
-        log.warning("the JACK server is back after %.2f s away; ports recreated: in %s, out %s",
-                    away, self.input, self.output)
-        if self.output.connected:
-            self._all_notes_off()
-        self.notifier.status(self.status())
-
-    def _drop_ports(self, since: float) -> None:
-        """Close what is left of our clients and ports (their server went at ``since``)."""
-        for port in (self.input, self.output):
-            port.drop(since)
-        self.midi.close()
-
-    def _recreated_clients_stuck(self) -> bool:
-        """A JACK server that has just come back sometimes never wakes a client made at once
-        (jackd reports it "not finished" every cycle, and it hears and sends nothing): while
-        JACK reports overruns in a row just after our clients were made, make them anew."""
-        since, xruns_then = self.recreated
-        xruns = self.midi.graph.xruns - xruns_then
-        if xruns >= STUCK_XRUNS:
-            log.warning("JACK has not run our new clients (%d overruns in %.2f s); making them again",
-                        xruns, time.monotonic() - since)
-            self.recreated = None
-            self._drop_ports(since)
-            self.server_lost_at = since
-            return True
-        if time.monotonic() - since > STUCK_WINDOW_S:
-            self.recreated = None
-        return False
 
     def reload(self) -> None:
         """SIGHUP: new config and model without closing the ports; a bad one is refused and
@@ -377,11 +308,10 @@ class Daemon:
     # ---- status ----------------------------------------------------------------------------
 
     def status(self) -> str:
-        engine = self.engine
-        waiting = [f"JACK server gone for {time.monotonic() - self.server_lost_at:.0f} s, waiting for it"
-                   ] if self.server_lost_at is not None else []
+        engine, session = self.engine, self.session
+        waiting = [session.waiting()] if session.waiting() else []
         parts = waiting + [f"mode {engine.live.mode if engine else self.config.engine.mode}",
-                 f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
+                           session.ports_text(), f"model on {self.model.provider}"]
         if engine is not None:
             parts.append(f"memory {engine.live.memory_strength:.2f} ({engine.memory.events} events)")
         if engine is not None and engine.controls.clock_bpm:
@@ -409,4 +339,5 @@ class Daemon:
             self._last_steps = (now, steps)
         if self.last_choice is not None:
             extra.update(last_winner=self.last_choice.winner, last_margin=self.last_choice.margin)
+        extra.update(self.session.counters())
         return self.telemetry.line(extra)

@@ -21,7 +21,7 @@ import numpy as np
 from improvd import vocab
 from improvd.candidates import Candidates, Choice, Search
 from improvd.config import Config, EngineConfig, Live, choices
-from improvd.controls import CLOCK_MESSAGES, FORGET, PANIC, Controls
+from improvd.controls import CLOCK_MESSAGES, FORGET, PANIC, RELEASE_ALL, RELEASE_KEYS, RELEASE_PEDAL, Controls
 from improvd.memory import Memory
 from improvd.model import StepModel
 from improvd.phrase import Phrase
@@ -86,7 +86,7 @@ class Engine:
         self.voice.journal.heard(now)
         if not self.controls.playing:
             return Reply()
-        reply = Reply()
+        reply = self._release_stale_keys(now)
         if self.live.mode == "call-response" and not self.voice.answering:
             if self.candidates.on:
                 self.search_answer(now)
@@ -139,15 +139,16 @@ class Engine:
         self.phrase.next_length = length
         return reply
 
-    def release_player(self, now: float) -> Reply:
-        """The input port went away: lift the player's keys and pedal, which will never
-        send their own releases, so that silence can be heard again."""
+    def release_player(self, now: float, keys: bool = True, pedal: bool = True) -> Reply:
+        """The player's connection went, or they sent All Notes Off: lift their keys (and
+        pedal), which will never send their own releases, so that silence can be heard again."""
         self.voice.journal.heard(now)
         encoder = self.stream.encoder
-        held = sorted(encoder.sounding - self.stream.line.own_notes.keys())
+        player = encoder.sounding - self.stream.line.own_notes.keys()
+        held = sorted(player if pedal else player - encoder.held_by_pedal) if keys else []
         channel = min(self.input_channels, default=0)
         releases = [mido.Message("note_off", note=pitch, channel=channel) for pitch in held]
-        if encoder.pedal_down:
+        if pedal and encoder.pedal_down:
             releases.insert(0, mido.Message("control_change", control=vocab.SUSTAIN_CC, value=0, channel=channel))
         reply = Reply()
         for message in releases:
@@ -211,6 +212,10 @@ class Engine:
             self.counters.messages_ignored += 1
             return Reply()
         name, setting = request
+        if setting in (RELEASE_KEYS, RELEASE_ALL, RELEASE_PEDAL):
+            reply = self.panic(now) if name == PANIC else Reply()
+            return reply.extend(self.release_player(now, keys=setting != RELEASE_PEDAL,
+                                                    pedal=setting != RELEASE_KEYS))
         if name == PANIC:
             return self.panic(now)
         if name == "mode":
@@ -220,6 +225,16 @@ class Engine:
             return Reply()
         setattr(self.live, name, setting)
         return Reply()
+
+    def _release_stale_keys(self, now: float) -> Reply:
+        """A key held ``max_held_s`` with no other input from the player counts as released:
+        its NOTE_OFF may never come (a player gone mid-note), and silence must."""
+        idle = now - self.phrase.last_heard
+        if not self.stream.line.player_keys_down() or idle < self.config.engine.max_held_s:
+            return Reply()
+        held = sorted(self.stream.encoder.sounding - self.stream.line.own_notes.keys())
+        log.warning("player keys %s held %.0f s with no other input: counted as released", held, idle)
+        return self.release_player(now)
 
     # ---- the stream ------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """The scheduler: one thread that sends each message at its time and never leaves a note on.
 
 It sleeps until shortly before a message is due, then spins on the monotonic clock for the
-last stretch (sleep alone wakes up to a millisecond late). It knows every note it has
-started, per channel, so stop, barge-in, panic and any exception can release them all.
+last stretch (sleep alone wakes up to a millisecond late). A port that places messages at
+their time itself (JACK, at their frame) gets each one ``lead_s`` early, with its time. It
+knows every note it has started, per channel, so stop, barge-in, panic and any exception
+can release them all.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 
 import mido
 
+from improvd.errors import PortError
 from improvd.reply import Reply, Timed
 from improvd.telemetry import Telemetry
 
@@ -47,9 +50,14 @@ def raise_priority(priority: int, thread: str) -> None:
 
 
 class Scheduler:
-    def __init__(self, send: Callable[[mido.Message], None], telemetry: Telemetry | None = None,
-                 clock: Callable[[], float] = time.monotonic, realtime_priority: int = 0) -> None:
+    """``send(message, at)`` plays a message at ``at`` (None: now); ``lead_s``: how early the
+    port wants it (0: it sends at once, so it is handed over on time)."""
+
+    def __init__(self, send: Callable[[mido.Message, float | None], None], telemetry: Telemetry | None = None,
+                 clock: Callable[[], float] = time.monotonic, realtime_priority: int = 0,
+                 lead_s: float = 0.0) -> None:
         self._send = send
+        self.lead_s = lead_s
         self.telemetry = telemetry or Telemetry()
         self.clock = clock
         self.realtime_priority = realtime_priority
@@ -105,6 +113,15 @@ class Scheduler:
             self._release(self.sounding)
             self._release(self.passed_through)
 
+    def forget_all(self) -> None:
+        """The output's peer is gone: drop what is queued and forget every sounding note
+        without releasing it (nothing can hear the release, and a peer that is already back
+        must not get NOTE_OFFs for notes it never heard; it gets all-notes-off instead)."""
+        with self._wake:
+            self._queue.clear()
+            self.sounding.clear()
+            self.passed_through.clear()
+
     def alive(self) -> bool:
         """Whether the sending thread runs: the watchdog pings only while it does."""
         return self._thread is not None and self._thread.is_alive()
@@ -119,10 +136,10 @@ class Scheduler:
                 self._send_now(mido.Message("note_off", channel=channel, note=pitch, velocity=0))
             pitches.clear()
 
-    def _send_now(self, message: mido.Message) -> None:
+    def _send_now(self, message: mido.Message, at: float | None = None) -> None:
         try:
-            self._send(message)
-        except Exception as err:  # noqa: BLE001 - a vanished port must not kill the clock
+            self._send(message, at)
+        except PortError as err:  # a vanished port must not kill the clock
             self.telemetry.count("send_errors")
             log.debug("send failed: %s", err)
 
@@ -144,22 +161,25 @@ class Scheduler:
                         self._wake.wait(IDLE_WAIT_S)
                         continue
                     due = self._queue[0][0]
-                    wait = due - self.clock() - SPIN_S
+                    hand_over = due - self.lead_s
+                    # A port that places messages at their time needs no spinning (which
+                    # holds the GIL that port's realtime callback waits for).
+                    wait = hand_over - self.clock() - (0.0 if self.lead_s else SPIN_S)
                     if wait > 0:
                         self._wake.wait(wait)
                         continue  # the queue may have changed while we slept
-                while self.clock() < due:
+                while self.clock() < hand_over:
                     pass
                 with self._wake:
                     if not self._queue or self._queue[0][0] != due:
                         continue
                     _, _, timed = heapq.heappop(self._queue)
-                    self._send_now(timed.message)
-                    sent_at = self.clock()
+                    self._send_now(timed.message, timed.time)
+                    late = max(0.0, self.clock() - hand_over)
                     self._track(timed.message, timed.passthrough)
-                self.telemetry.record("output_lateness", max(0.0, sent_at - timed.time))
+                self.telemetry.record("output_lateness", late)
                 if timed.answer_deadline is not None:
-                    self.telemetry.record("phrase_end_to_first_note", sent_at - timed.answer_deadline)
+                    self.telemetry.record("phrase_end_to_first_note", timed.time + late - timed.answer_deadline)
         except BaseException:
             log.exception("scheduler failed; releasing every note")
             with self._wake:

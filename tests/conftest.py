@@ -185,7 +185,10 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
     server = free_server_name(env)
     env["JACK_DEFAULT_SERVER"] = server
     log_path = Path(tmp_path_factory.mktemp("jack")) / "jackd.log"
-    process = start_server(server, env, log_path)
+    try:
+        process = start_server(server, env, log_path)
+    except JackdFailed as err:
+        not_available(str(err))
     try:
         # Everything this session starts (rtmidi in this process, improvd, jack_* tools) uses it.
         saved = {key: os.environ.get(key) for key in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
@@ -214,18 +217,24 @@ def free_server_name(env: dict[str, str], names: list[str] = SERVER_NAMES) -> st
     raise AssertionError("unreachable")
 
 
-def start_server(server: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """``jackd -n server`` with JACKD_ARGS, once it answers (its output appended to log_path)."""
+class JackdFailed(RuntimeError):
+    """jackd exited, or did not answer in time."""
+
+
+def start_server(server: str, env: dict[str, str], log_path: Path, args: list[str] | None = None) -> subprocess.Popen:
+    """``jackd -n server`` with ``args`` (JACKD_ARGS), once it answers (its output appended to
+    log_path); JackdFailed with the end of its log if it does not. Shared with bench/."""
+    args = JACKD_ARGS if args is None else args
     env = dict(env, JACK_DEFAULT_SERVER=server)
     with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(["jackd", "-n", server, *JACKD_ARGS], env=env, stdout=log_file,
+        process = subprocess.Popen(["jackd", "-n", server, *args], env=env, stdout=log_file,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_stop_with_parent)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not _answers(env):
         if process.poll() is not None or time.monotonic() > deadline:
             stop_server(process)
             text = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            not_available(f"jackd {' '.join(JACKD_ARGS)} did not start: " + " | ".join(text))
+            raise JackdFailed(f"jackd {' '.join(args)} did not start: " + " | ".join(text))
         time.sleep(0.05)
     return process
 

@@ -1,28 +1,38 @@
-"""A MIDI peer as a process of its own, so that a test can kill it (SIGKILL: JACK drops its
-client and every connection at once, as when a synth or a keyboard bridge crashes) and
-start another under the same name.
+"""A JACK MIDI peer written with JACK-Client, the way the tests' keyboards and synths are:
+one JACK client, a keyboard output and/or a synth input, each event stamped with its frame.
+
+In-process (``JackPeer``), or as a process of its own, so that a test can kill it (SIGKILL:
+JACK drops its client and every connection at once, as when a synth or a keyboard bridge
+crashes) and start another under the same name:
 
     python -m tests.midi_peer player CLIENT PORT     # stdin "play": the phrase; prints "played T"
+                                                     # "send HEX": those bytes; prints "sent T"
     python -m tests.midi_peer receiver CLIENT PORT   # prints "T HEX" for every message
 
 It prints "waiting", then waits for a line "open" on stdin before it makes its JACK
 client, so that a test can start it ahead (Python takes a while to start on a loaded
-machine) and time the absence itself; then it prints "ready". T is time.monotonic(), the same clock as the test's.
+machine) and time the absence itself; then it prints "ready". T is time.monotonic(), the
+same clock as the test's.
+
+One client per process: libjack shares one table of activation semaphores among the
+clients of a process, and a second client can inherit a stale one (docs/jack.md).
 """
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import time
+from collections.abc import Callable
 
+import jack
 import mido
-import rtmidi
 
 # C major arpeggio up and down: (onset s, length s, pitch), about half a second long.
 PHRASE = [(0.00, 0.07, 60), (0.08, 0.07, 64), (0.16, 0.07, 67), (0.24, 0.07, 72), (0.32, 0.07, 67),
           (0.40, 0.10, 64)]
-POLL_S = 0.0005
+POLL_S = 0.001
 
 
 def say(text: str) -> None:
@@ -30,37 +40,91 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def play(rt: rtmidi.MidiOut) -> float:
-    events = sorted([(on, "note_on", p) for on, _, p in PHRASE] + [(on + d, "note_off", p) for on, d, p in PHRASE])
-    start = time.monotonic() + 0.01
-    for offset, kind, pitch in events:
-        time.sleep(max(0.0, start + offset - time.monotonic()))
-        rt.send_message(mido.Message(kind, note=pitch, velocity=80 if kind == "note_on" else 0).bytes())
-    return time.monotonic()
+class JackPeer:
+    """A keyboard (``keys``: an output port) and/or a synth (``synth``: an input port) on
+    one JACK client. What the synth receives goes to ``on_message(message, time)`` from a
+    thread of its own, timed at its frame."""
+
+    def __init__(self, client: str, keys: str | None = None, synth: str | None = None,
+                 on_message: Callable[[mido.Message, float], None] | None = None, server: str | None = None) -> None:
+        self.client = jack.Client(client, no_start_server=True, servername=server)
+        self.outbox: collections.deque[bytes] = collections.deque()
+        self.inbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.on_message = on_message
+        self.keys = self.client.midi_outports.register(keys) if keys else None
+        self.synth = self.client.midi_inports.register(synth) if synth else None
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+        self.running = True
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        if synth:
+            self.reader.start()
+
+    def _process(self, frames: int) -> None:
+        if self.keys is not None:
+            self.keys.clear_buffer()
+            while self.outbox:
+                self.keys.write_midi_event(0, self.outbox.popleft())
+        if self.synth is not None:
+            start = self.client.last_frame_time
+            for offset, data in self.synth.incoming_midi_events():
+                self.inbox.append((start + offset, bytes(data)))
+
+    def _read(self) -> None:
+        while self.running:
+            if not self.inbox:
+                time.sleep(POLL_S)
+                continue
+            frame, data = self.inbox.popleft()
+            age = ((self.client.frame_time - frame + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            at = time.monotonic() - age / self.client.samplerate
+            try:
+                message = mido.Message.from_bytes(data)
+            except ValueError:
+                continue
+            if self.on_message is not None:
+                self.on_message(message, at)
+
+    def send(self, message: mido.Message) -> float:
+        self.outbox.append(bytes(message.bytes()))
+        return time.monotonic()
+
+    def play(self, phrase: list[tuple[float, float, int]] = PHRASE, channel: int = 0) -> float:
+        """Play (onset, length, pitch) notes on time; the send time of the last message."""
+        events = sorted([(on, "note_on", p) for on, _, p in phrase] + [(on + d, "note_off", p) for on, d, p in phrase])
+        start = time.monotonic() + 0.01
+        sent = start
+        for offset, kind, pitch in events:
+            time.sleep(max(0.0, start + offset - time.monotonic()))
+            sent = self.send(mido.Message(kind, note=pitch, velocity=80 if kind == "note_on" else 0, channel=channel))
+        return sent
+
+    def close(self) -> None:
+        self.running = False
+        if self.reader.is_alive():
+            self.reader.join(1)
+        self.client.deactivate()
+        self.client.close()
 
 
 def player(client: str, port: str) -> None:
-    rt = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=client)
-    rt.open_virtual_port(port)
+    peer = JackPeer(client, keys=port)
     say("ready")
     for line in sys.stdin:
-        if line.strip() == "play":
-            say(f"played {play(rt)}")
+        command, _, argument = line.strip().partition(" ")
+        if command == "play":
+            say(f"played {peer.play()}")
+        elif command == "send":  # raw bytes, garbage included
+            peer.outbox.append(bytes.fromhex(argument))
+            say(f"sent {time.monotonic()}")
 
 
 def receiver(client: str, port: str) -> None:
-    """Reads rtmidi's queue from the main thread (no Python callback in JACK's thread)."""
-    rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=client, queue_size_limit=8192)
-    rt.ignore_types(sysex=False, timing=False, active_sense=True)
-    rt.open_virtual_port(port)
+    JackPeer(client, synth=port, on_message=lambda message, at: say(f"{at} {message.bin().hex()}"))
     threading.Thread(target=lambda: sys.stdin.read() or None, daemon=True).start()  # drain stdin
     say("ready")
     while True:
-        event = rt.get_message()
-        if event is None:
-            time.sleep(POLL_S)
-            continue
-        say(f"{time.monotonic()} {bytes(event[0]).hex()}")
+        time.sleep(1)
 
 
 def main() -> None:

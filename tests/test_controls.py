@@ -3,7 +3,7 @@
 import pytest
 
 from improvd.config import ControlsConfig, Live
-from improvd.controls import PANIC, Controls
+from improvd.controls import PANIC, RELEASE_ALL, RELEASE_KEYS, RELEASE_PEDAL, Controls
 
 
 def controls(**settings) -> Controls:
@@ -17,7 +17,9 @@ def test_knobs_ask_for_live_values_mode_and_panic():
     name, ratio = c.control(2, 0)
     assert name in Live.__dataclass_fields__ and ratio == pytest.approx(0.25)
     assert c.control(80, 64) == ("mode", "duet") and c.control(80, 63) == ("mode", "call-response")
-    assert c.control(123, 0) == (PANIC, None) and c.control(120, 0) == (PANIC, None)
+    assert c.control(123, 0) == (PANIC, RELEASE_KEYS) and c.control(120, 0) == (PANIC, RELEASE_ALL)
+    assert c.control(121, 0) == (None, RELEASE_PEDAL)  # Reset All Controllers: the player's pedal comes up
+    assert controls(panic_cc=60).control(60, 0) == (PANIC, None)
     assert c.control(7, 100) is None
 
 

@@ -283,3 +283,44 @@ def test_random_input_never_crashes_and_leaves_nothing_sounding(timeline, mode):
     room.submit(eng.panic(now + 0.3))
     room.advance(now + 10)
     assert not room.sounding and not room.problems
+
+
+def cc(control: int, value: int = 0) -> mido.Message:
+    return mido.Message("control_change", control=control, value=value)
+
+
+@pytest.mark.parametrize("control", [123, 120])
+def test_all_notes_off_from_the_player_releases_their_held_keys_so_silence_comes(control):
+    """A DAW's Stop sends All Notes Off while a key is down: the key counts as up, and the
+    next phrase is answered."""
+    eng = make_engine()
+    room = Room()
+    run(eng, room, 0.0, 1.0, events=[(0.0, note("note_on", 60)), (0.1, note("note_on", 64)), (1.0, cc(control))])
+    run(eng, room, 1.0, 3.0, events=[(1.2, note("note_on", 67)), (1.3, note("note_off", 67))])
+    assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(1.3 + SILENCE)
+
+
+def test_all_notes_off_leaves_the_pedal_and_reset_all_controllers_lifts_it():
+    eng = make_engine()
+    room = Room()
+    run(eng, room, 0.0, 1.0, events=[(0.0, cc(64, 127)), (0.1, note("note_on", 60)), (0.2, note("note_on", 62)),
+                                     (0.3, note("note_off", 62)), (0.5, cc(123))])
+    assert eng.stream.encoder.pedal_down and eng.stream.encoder.sounding == {60, 62}  # both ring on under the pedal
+    run(eng, room, 1.0, 2.0, events=[(1.2, note("note_on", 67)), (1.3, note("note_off", 67))])
+    assert room.sent == []  # the pedal still holds them: no silence
+    run(eng, room, 2.0, 4.0, events=[(2.0, cc(121))])
+    assert not eng.stream.encoder.pedal_down
+    assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(2.0 + SILENCE)
+
+
+def test_a_key_held_max_held_s_with_no_other_input_counts_as_released_logged_once(caplog):
+    """A player gone mid-note never sends its NOTE_OFF: after max_held_s the key is up."""
+    eng = make_engine(max_held_s=2.0)
+    room = Room()
+    with caplog.at_level("WARNING", logger="improvd.engine"):
+        run(eng, room, 0.0, 1.9, events=[(0.0, note("note_on", 60)), (0.5, note("note_on", 64)),
+                                         (0.6, note("note_off", 64))])
+        assert room.sent == [] and eng.silence_deadline() is None  # 1.3 s since the last input
+        run(eng, room, 1.9, 4.0)
+    assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(0.6 + 2.0 + SILENCE, abs=0.011)
+    assert len([r for r in caplog.records if "counted as released" in r.getMessage()]) == 1

@@ -1,5 +1,5 @@
-"""Ports over a real JACK server: improvd as a subprocess, JACK's own clients and a player /
-receiver speaking JACK through mido's rtmidi backend on the other end. Nothing is mocked.
+"""Ports over a real JACK server: improvd as a subprocess, JACK's own clients and players /
+receivers (JACK-Client processes, tests/midi_peer.py) on the other end. Nothing is mocked.
 
 Every test gives its daemon and its own ports unique names, waits for what it asserts
 (never a bare sleep), and terminates whatever it started in ``finally``.
@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING
 
 import mido
 import pytest
-import rtmidi
 
 from improvd import ports as ports_module
 from improvd.errors import PortError
-from tests.midi_peer import PHRASE
+from tests.conftest import _stop_with_parent
 
 if TYPE_CHECKING:
     from tests.conftest import Jack
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 IMPROVD = Path(sys.executable).with_name("improvd")
 MOTIF = ROOT / "examples" / "motif.mid"
-JACK_MIDO = "mido.backends.rtmidi/UNIX_JACK"
 
 SEED = 1234
 SILENCE_MS = 150
@@ -43,6 +41,7 @@ MAX_ANSWER_S = 1.5
 PITCH_LOW, PITCH_HIGH = 36, 96
 OUT_CHANNEL = 0  # ports.output_channel = 1
 TICK_S = 0.010  # the vocabulary's time grid: every generated event is due on it
+PEER_START_S = 20.0  # a fresh Python on a loaded machine
 
 # ---- helpers: config, daemon, player, receiver ---------------------------------------------
 
@@ -63,13 +62,16 @@ def write_config(path: Path, name: str, **sections: dict[str, object]) -> Path:
     """A config for a fast, deterministic daemon with its own virtual port names."""
     settings: dict[str, dict[str, object]] = {
         "model": {"device": "cpu"},
-        "ports": {"api": "jack", "virtual_input": f"{name} in", "virtual_output": f"{name} out",
-                  "reconnect_s": 0.2},
+        "ports": {"api": "jack", "client_name": name, "virtual_input": f"{name} in",
+                  "virtual_output": f"{name} out", "reconnect_s": 0.2},
         "engine": {"silence_ms": SILENCE_MS, "min_answer_s": MIN_ANSWER_S, "max_answer_s": MAX_ANSWER_S,
                    "seed": SEED},
         "sampler": {"pitch_low": PITCH_LOW, "pitch_high": PITCH_HIGH},
         "telemetry": {"interval_s": 0.0},
-        "service": {"watchdog": False},
+        # As a JACK client is run: realtime where the system allows it (a warning elsewhere).
+        # improvd's threads share the GIL with its JACK process callback, which must not
+        # wait for one of them preempted by another busy process (docs/jack.md).
+        "service": {"watchdog": False, "realtime": True},
         "log": {"level": "debug"},
     }
     for section, values in sections.items():
@@ -89,6 +91,7 @@ class Daemon:
         self.jack = jack
         self.name = name
         self.in_name, self.out_name = f"{name} in", f"{name} out"
+        self.full_in, self.full_out = f"{name}:{self.in_name}", f"{name}:{self.out_name}"  # on its one JACK client
         self.config = write_config(tmp_path / f"{name}.toml", name, **sections)
         self.log_path = tmp_path / f"{name}-{uuid.uuid4().hex[:4]}.log"
         self.started = time.monotonic()
@@ -216,66 +219,132 @@ class Recording:
                 + "".join(f"\n  {line}" for line in shown))
 
 
-class Receiver(Recording):
-    """A virtual JACK input in this process (like a synth), recording what arrives.
+class Peer:
+    """A tests/midi_peer.py process: started at once, its JACK port opened on ``open``."""
 
-    It reads rtmidi's queue from a thread of its own instead of taking a Python callback:
-    a callback runs in JACK's process thread and must take the GIL there, and a cycle
-    that overruns while it waits lets the next cycle rewrite the MIDI buffers it is still
-    reading (measured here under load: repeated and lost events at the receiver, which
-    would be blamed on improvd)."""
-
-    POLL_S = 0.0005
-
-    def __init__(self, jack: Jack, client: str | None = None, port: str = "midi in") -> None:
-        super().__init__(jack, client or unique("synth"))
-        self.rt = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=self.client, queue_size_limit=8192)
-        self.rt.ignore_types(sysex=False, timing=False, active_sense=True)
-        self.rt.open_virtual_port(port)
-        self.running = True
-        self.reader = threading.Thread(target=self._read, name=f"receiver {self.client}", daemon=True)
+    def __init__(self, jack: Jack, role: str, client: str, port: str) -> None:
+        self.jack, self.role, self.client, self.port = jack, role, client, port
+        self.name = f"{client}:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.midi_peer", role, client, port],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True, env=jack.env, cwd=ROOT, preexec_fn=_stop_with_parent)
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        self.name = jack.wait_port_of(self.client, port)
+        STARTED.append(self)
+
+    def ready(self) -> Peer:
+        """Once the process waits for "open" (imports done)."""
+        self.wait_line("waiting")
+        return self
 
     def _read(self) -> None:
-        while self.running:
-            event = self.rt.get_message()
-            if event is None:
-                time.sleep(self.POLL_S)
-                continue
-            self._receive(mido.Message.from_bytes(event[0]))
+        for line in self.process.stdout:
+            self.on_line(line.strip())
+            with self.changed:
+                self.lines.append(line.strip())
+                self.changed.notify_all()
 
-    def close(self) -> None:
-        self.running = False
-        self.reader.join(1)
-        self.rt.close_port()
-        self.rt.delete()
+    def on_line(self, line: str) -> None:
+        """What a subclass makes of a line (a receiver: a message)."""
 
+    def wait_line(self, prefix: str, start: int = 0, timeout: float = PEER_START_S) -> str:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for line in self.lines[start:]:
+                    if line.startswith(prefix):
+                        return line
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise AssertionError(f"{self.role} {self.client}: no {prefix!r} line; it said {self.lines}")
+                self.changed.wait(0.05)
 
-class Player:
-    """A virtual JACK output in this process (like a keyboard) that plays timed phrases."""
+    def command(self, text: str) -> None:
+        self.process.stdin.write(text + "\n")
+        self.process.stdin.flush()
 
-    def __init__(self, jack: Jack, client: str | None = None, port: str = "keys out") -> None:
-        self.client = client or unique("player")
-        self.port = mido.Backend(JACK_MIDO).open_output(port, virtual=True, client_name=self.client)
-        self.name = jack.wait_port_of(self.client, port)
-
-    def send(self, message: mido.Message) -> float:
-        self.port.send(message)
+    def open(self) -> float:
+        """Open its JACK port; the time it exists."""
+        self.command("open")
+        self.wait_line("ready")
+        self.jack.wait_port_of(self.client, self.port)
         return time.monotonic()
 
-    def play(self, phrase: list[tuple[float, float, int]] = PHRASE, channel: int = 0) -> float:
-        """Play (onset, length, pitch) notes on time; the send time of the last message."""
-        events = sorted([(on, "note_on", p) for on, _, p in phrase] + [(on + d, "note_off", p) for on, d, p in phrase])
-        start = time.monotonic() + 0.01
-        sent = start
-        for offset, kind, pitch in events:
-            time.sleep(max(0.0, start + offset - time.monotonic()))  # no spinning: it would hold the GIL
-            sent = self.send(mido.Message(kind, note=pitch, velocity=80 if kind == "note_on" else 0, channel=channel))
-        return sent
+    def kill(self) -> float:
+        """SIGKILL, as a crash; the time it is gone."""
+        self.process.kill()
+        self.process.wait()
+        self.reader.join(5)
+        return time.monotonic()
 
     def close(self) -> None:
-        self.port.close()
+        if self.process.poll() is None:
+            self.kill()
+
+
+class PlayerProcess(Peer):
+    def __init__(self, jack: Jack, client: str) -> None:
+        super().__init__(jack, "player", client, "keys out")
+
+    def start_phrase(self) -> int:
+        """Start playing the phrase (about half a second); the line index to wait from."""
+        with self.changed:
+            start = len(self.lines)
+        self.command("play")
+        return start
+
+    def play(self) -> float:
+        """Play the phrase; the time its last message was sent."""
+        return float(self.wait_line("played", self.start_phrase()).split()[1])
+
+    def send(self, message: mido.Message) -> float:
+        """Send one message; the time it was sent."""
+        with self.changed:
+            start = len(self.lines)
+        self.command(f"send {message.bin().hex()}")
+        return float(self.wait_line("sent", start).split()[1])
+
+
+class ReceiverProcess(Peer, Recording):
+    def __init__(self, jack: Jack, client: str) -> None:
+        Recording.__init__(self, jack, client)
+        Peer.__init__(self, jack, "receiver", client, "midi in")
+
+    def on_line(self, line: str) -> None:
+        at, _, data = line.partition(" ")
+        if data:
+            self._receive(mido.Message.from_bytes(bytes.fromhex(data)), float(at))
+
+
+STARTED: list[Peer] = []
+
+
+@pytest.fixture(autouse=True)
+def kill_peers() -> Iterator[None]:
+    """Every peer process a test started is gone after it, whatever happened."""
+    yield
+    while STARTED:
+        STARTED.pop().close()
+
+
+class Receiver(ReceiverProcess):
+    """A synth: a JACK-Client process of its own, recording what arrives, stamped by frame.
+    A process, not a client in this one: libjack shares one table of activation semaphores
+    among a process's clients, and a client made there can inherit a stale one and never be
+    woken (docs/jack.md); python-rtmidi also holds the GIL while it waits for jackd."""
+
+    def __init__(self, jack: Jack, client: str | None = None) -> None:
+        super().__init__(jack, client or unique("synth"))
+        self.open()
+
+
+class Player(PlayerProcess):
+    """A keyboard: a JACK-Client process of its own (see Receiver), playing PHRASE on "play"."""
+
+    def __init__(self, jack: Jack, client: str | None = None) -> None:
+        super().__init__(jack, client or unique("player"))
+        self.open()
 
 
 @contextmanager
@@ -335,30 +404,30 @@ def test_find_port_prefers_exact_then_substring_any_case_and_lists_what_exists()
 
 def test_unknown_api_is_a_port_error() -> None:
     with pytest.raises(PortError, match=r"ports.api: unknown MIDI API 'oss'"):
-        ports_module.backend("oss")
+        ports_module.backend("oss", "improvd")
 
 
 @pytest.mark.skipif(os.path.exists("/dev/snd/seq"), reason="ALSA sequencer present: auto picks ALSA here")
 def test_auto_api_falls_back_to_jack_when_alsa_cannot_start(jack: Jack) -> None:
-    midi = ports_module.backend("auto")
+    midi = ports_module.backend("auto", unique("auto"))
     try:
         assert midi.api == "jack"
     finally:
         midi.close()
 
 
-def test_virtual_port_is_named_client_and_port_and_disappears_on_close(jack: Jack) -> None:
-    name = unique("vport")
-    midi = ports_module.backend("jack")
-    port = ports_module.OutputPort(midi, name, virtual=True)
+def test_virtual_port_is_named_after_its_client_and_disappears_on_close(jack: Jack) -> None:
+    client, name = unique("client"), unique("vport")
+    midi = ports_module.backend("jack", client)
+    port = midi.output(name, virtual=True, name=name)
     try:
         port.open()
-        assert f"{name}:{name}" in jack.ports()
-        assert all(not p.startswith(name) for p in ports_module.port_names(midi)[0]), "improvd listed its own port"
+        assert f"{client}:{name}" in jack.ports()
+        assert all(not p.startswith(client) for p in midi.listing()[1]), "improvd listed its own port"
         port.close()
         jack.wait_port(name, gone=True)
         port.open()  # the same name again, not 'name-01'
-        assert f"{name}:{name}" in jack.ports()
+        assert f"{client}:{name}" in jack.ports()
     finally:
         port.close()
         midi.close()
@@ -366,32 +435,53 @@ def test_virtual_port_is_named_client_and_port_and_disappears_on_close(jack: Jac
 
 def test_existing_port_is_connected_not_replaced_by_a_virtual_one(jack: Jack) -> None:
     """mido's backend would create a virtual port when given a client name; ours connects
-    a port named after improvd to the peer, and messages flow, garbage skipped."""
-    player = Player(jack)
+    a port named after improvd to the peer, and messages flow, garbage skipped. (The player
+    is a process of its own: python-rtmidi holds the GIL while it waits for jackd, and jackd
+    would wait for this process's JACK callback, which needs the GIL.)"""
+    client_name = unique("keys")
+    player = subprocess.Popen([sys.executable, "-m", "tests.midi_peer", "player", client_name, "keys out"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=jack.env, cwd=ROOT)
+
+    def command(text: str, answer: str) -> None:
+        player.stdin.write(text + "\n")
+        player.stdin.flush()
+        while not player.stdout.readline().startswith(answer):
+            pass
+
     received: list[mido.Message] = []
     arrived = threading.Event()
-    midi = ports_module.backend("jack")
-    local = unique("local in")
-    port = ports_module.InputPort(midi, player.client.upper(), virtual=False, local_name=local,
-                                  callback=lambda m: (received.append(m), arrived.set()))
+    client, local = unique("client"), unique("local in")
+    player_port = f"{client_name}:keys out"
+    midi = port = None
     try:
+        assert player.stdout.readline().strip() == "waiting"
+        command("open", "ready")
+        jack.wait_port_of(client_name, "keys out")
+        midi = ports_module.backend("jack", client)
+        port = midi.input(client_name.upper(), virtual=False, name=local,
+                          callback=lambda m, _at: (received.append(m), arrived.set()))
         port.open()
-        assert port.name == player.name
-        assert jack.connections()[player.name] == [f"{local}:{local}"]
+        port.start_reading()
+        assert port.peer == player_port
+        assert jack.connections()[player_port] == [f"{client}:{local}"]
         assert not [p for p in jack.ports() if "RtMidi" in p], jack.ports()
-        player.port._rt.send_message([0xF8 + 5])  # 0xFD: undefined status byte
-        player.send(mido.Message("note_on", note=61, velocity=90))
+        command("send fd", "sent")  # 0xFD: undefined status byte
+        command(f"send {mido.Message('note_on', note=61, velocity=90).hex().replace(' ', '')}", "sent")
         assert arrived.wait(5)
         assert received == [mido.Message("note_on", note=61, velocity=90)]
         assert port.ignored == 1
-        assert port.present()
-        player.close()
-        jack.wait_port(player.name.partition(":")[2], gone=True)
-        assert not port.present()
+        assert player_port in port.candidates()
+        player.kill()
+        player.wait()
+        jack.wait_port("keys out", gone=True)
+        assert player_port not in port.candidates()
     finally:
-        port.close()
-        player.close()
-        midi.close()
+        player.kill()
+        player.wait()
+        if port is not None:
+            port.close()
+        if midi is not None:
+            midi.close()
 
 
 # ---- improvd over JACK, end to end ----------------------------------------------------------
@@ -407,7 +497,7 @@ def test_virtual_ports_are_seen_connected_and_heard_by_jack_clients(jack: Jack, 
                                 stderr=subprocess.STDOUT, env=jack.env)
         try:
             port_in, port_out = improvd.ports()
-            assert port_in == f"{improvd.in_name}:{improvd.in_name}"
+            assert port_in == improvd.full_in
             types = jack.types()
             assert types[port_in] == types[port_out] == "8 bit raw midi"
             dump_in = jack.wait_port_of(dump_client, "input")
@@ -453,8 +543,10 @@ def test_phrase_gets_a_well_formed_answer_after_the_silence(jack: Jack, tmp_path
         synth.wait_quiet(0.3, 5)
         onsets = assert_well_formed(synth.notes(), "answer", synth)
         silence = SILENCE_MS / 1000
-        # The deadline runs from the phrase's arrival at improvd, so never before this.
-        assert silence <= first - phrase_end <= silence + tolerance(jack), first - phrase_end
+        # The deadline runs from the phrase's arrival at improvd, its JACK frame time: the
+        # player's last message may land at the start of the cycle under way when it was
+        # sent, up to one period before the player's clock read "sent".
+        assert silence - jack.period_s <= first - phrase_end <= silence + tolerance(jack), first - phrase_end
         length = synth.notes()[-1][0] - first
         assert MIN_ANSWER_S - 0.1 <= length <= MAX_ANSWER_S + tolerance(jack), length
         assert len(onsets) >= 2
@@ -498,6 +590,7 @@ def test_sigterm_during_an_answer_leaves_no_note_sounding(jack: Jack, tmp_path: 
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         stopped_at = time.monotonic()
         assert improvd.stop(signal.SIGTERM) == 0
+        synth.wait_quiet(0.2, 5)  # the synth is a process of its own: what it heard, reported
         assert not synth.sounding(), f"left sounding: {synth.sounding()}"  # by explicit NOTE_OFFs
         assert synth.all_notes_off_channels(stopped_at) == set(range(16))
         assert_well_formed(synth.notes(), "answer stopped by SIGTERM", synth)
@@ -540,10 +633,10 @@ def test_existing_ports_by_name_substring(jack: Jack, tmp_path: Path) -> None:
     flags = ("--in", player.client.upper(), "--out", synth.client)
     with closing(player, synth), daemon(jack, tmp_path, *flags) as improvd:
         connections = jack.connections()
-        assert connections[player.name] == [f"{improvd.in_name}:{improvd.in_name}"]
-        assert connections[synth.name] == [f"{improvd.out_name}:{improvd.out_name}"]
+        assert connections[player.name] == [improvd.full_in]
+        assert connections[synth.name] == [improvd.full_out]
         ours = [p for p in jack.ports() if p.startswith(improvd.name) or "RtMidi" in p]
-        assert sorted(ours) == sorted(f"{n}:{n}" for n in (improvd.in_name, improvd.out_name))
+        assert sorted(ours) == sorted((improvd.full_in, improvd.full_out))
         start = time.monotonic()
         player.play()
         synth.wait_for(lambda: synth.note_ons(start), 5, "an answer")
@@ -575,7 +668,7 @@ def test_both_peers_vanishing_and_returning_is_survived(jack: Jack, tmp_path: Pa
     keys, client = player.client, synth.client
     long_answer = {"min_answer_s": 3.0, "max_answer_s": 3.0}
     with daemon(jack, tmp_path, "--in", keys, "--out", client, engine=long_answer) as improvd:
-        our_in, our_out = (f"{n}:{n}" for n in (improvd.in_name, improvd.out_name))
+        our_in, our_out = improvd.full_in, improvd.full_out
         player.play()
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         synth.close()  # the synth and the keyboard quit in the middle of the answer

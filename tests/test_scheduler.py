@@ -4,20 +4,23 @@ import time
 import mido
 
 from improvd.engine import Reply, Timed
+from improvd.errors import PortError
 from improvd.scheduler import Scheduler
 
 
 class Recorder:
     def __init__(self, fail_on=None):
         self.sent: list[tuple[float, mido.Message]] = []
+        self.due: list[float | None] = []
         self.fail_on = fail_on
         self.lock = threading.Lock()
 
-    def __call__(self, message):
+    def __call__(self, message, at=None):
         if self.fail_on is not None and message.type == "note_on" and message.note == self.fail_on:
-            raise OSError("port went away")
+            raise PortError("port went away")
         with self.lock:
             self.sent.append((time.monotonic(), message))
+            self.due.append(at)
 
     def notes(self):
         with self.lock:
@@ -41,8 +44,8 @@ def wait_until(condition, timeout=2.0):
     return False
 
 
-def started(recorder):
-    scheduler = Scheduler(recorder)
+def started(recorder, lead_s=0.0):
+    scheduler = Scheduler(recorder, lead_s=lead_s)
     scheduler.start()
     return scheduler
 
@@ -116,3 +119,29 @@ def test_lateness_and_first_note_latency_are_recorded():
     assert latency["output_lateness"]["n"] == 2
     assert latency["phrase_end_to_first_note"]["n"] == 1 and latency["phrase_end_to_first_note"]["p50_ms"] >= 10
     scheduler.stop()
+
+
+def test_a_port_that_places_messages_itself_gets_them_early_with_their_time():
+    recorder = Recorder()
+    scheduler = started(recorder, lead_s=0.03)
+    now = time.monotonic()
+    due = now + 0.1
+    scheduler.submit(Reply([Timed(due, on(60))]))
+    assert wait_until(lambda: recorder.notes())
+    (handed, _), = [(t, m) for t, m in recorder.sent if m.type == "note_on"]
+    assert due - 0.03 <= handed < due - 0.015
+    assert recorder.due[-1] == due
+    scheduler.stop()
+
+
+def test_forget_all_drops_the_queue_and_sounding_notes_without_a_release():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now, on(60)), Timed(now + 5, off(60))]))
+    assert wait_until(lambda: len(recorder.notes()) == 1)
+    scheduler.forget_all()
+    assert scheduler.pending() == 0
+    scheduler.submit(Reply(cancel_after=time.monotonic(), release=True))
+    scheduler.stop()
+    assert [(m.type, m.note) for m in recorder.notes()] == [("note_on", 60)]
