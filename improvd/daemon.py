@@ -170,7 +170,9 @@ class Daemon:
             seed = read_seed(self.seed_file, self.seed_track) if self.seed_file else None
             self.model = StepModel(self.config.model.path, self.config.model.device)
             self._open_ports()
-            self.engine = build_engine(self.config, self.model, time.monotonic())
+            # The seed is folded in as if just played, ending now: the engine's stream must open
+            # before its first note, or every message would be clamped to one instant.
+            self.engine = build_engine(self.config, self.model, time.monotonic() - (seed[-1][0] if seed else 0.0))
             realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
             self.scheduler = Scheduler(self.output.send, self.telemetry, realtime_priority=realtime)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
