@@ -1,0 +1,220 @@
+"""Tempo, beats and the grid: where beats and bars fall in seconds, how MIDI clock is
+followed, and how an onset is pulled toward a grid.
+
+Pure: no clock of its own, no I/O; every time is passed in, in seconds on the caller's
+clock (a file's timeline from its start, or the daemon's monotonic clock). A beat is a
+quarter note, as in MIDI files and MIDI clock (24 clocks per beat).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections import deque
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+import mido
+
+DEFAULT_TEMPO = 500_000  # microseconds per beat when a file sets none (MIDI's 120 bpm)
+CLOCKS_PER_BEAT = 24
+CLOCKS_PER_SONG_POSITION = 6  # Song Position Pointer counts sixteenth notes
+MIN_BPM, MAX_BPM = 20.0, 400.0  # a clock outside these is noise, a paused sender or a glitch
+CLOCK_WINDOW = CLOCKS_PER_BEAT + 1  # ticks fitted: one beat, so a tempo change is followed within a beat
+CLOCK_GAP = 3.0  # a tick this many periods after the last one: the clock paused, the fit starts anew
+EPSILON_BEATS = 1e-6  # a time this close to a beat counts as on it
+GRID = re.compile(r"^1/(\d+)(t?)$")
+
+
+@dataclass(frozen=True)
+class TempoMap:
+    """Where beats fall in seconds and where bars begin: a file's tempo changes and time
+    signatures, or one steady tempo followed live or set by hand.
+
+    ``segments``: (beat, seconds, seconds per beat), ascending; the first one extends
+    backwards and the last one forwards. ``meters``: (beat, beats per bar), ascending; a
+    bar begins at each meter's beat and every ``beats per bar`` after it."""
+
+    segments: tuple[tuple[float, float, float], ...]
+    meters: tuple[tuple[float, float], ...] = ((0.0, 4.0),)
+
+    @classmethod
+    def steady(cls, bpm: float, at: float = 0.0, beat: float = 0.0, beats_per_bar: float = 4.0,
+               bar_beat: float = 0.0) -> TempoMap:
+        """``bpm`` with beat number ``beat`` at time ``at``; bars of ``beats_per_bar`` from ``bar_beat``."""
+        return cls(((beat, at, 60.0 / bpm),), ((bar_beat, beats_per_bar),))
+
+    @classmethod
+    def of_midi(cls, midi: mido.MidiFile) -> TempoMap:
+        """A file's tempo map (set_tempo) and meter (time_signature), seconds from its start."""
+        ticks_per_beat = midi.ticks_per_beat
+        tempos: dict[int, int] = {0: DEFAULT_TEMPO}
+        meters: dict[int, float] = {0: 4.0}
+        tick = 0
+        for message in mido.merge_tracks(midi.tracks):
+            tick += message.time
+            if message.type == "set_tempo":
+                tempos[tick] = message.tempo
+            elif message.type == "time_signature":
+                meters[tick] = message.numerator * 4 / message.denominator
+        segments, seconds, last_tick, last_tempo = [], 0.0, 0, DEFAULT_TEMPO
+        for change, tempo in sorted(tempos.items()):
+            seconds += (change - last_tick) / ticks_per_beat * last_tempo / 1e6
+            segments.append((change / ticks_per_beat, seconds, tempo / 1e6))
+            last_tick, last_tempo = change, tempo
+        return cls(tuple(segments), tuple((t / ticks_per_beat, bpb) for t, bpb in sorted(meters.items())))
+
+    def shifted(self, seconds: float) -> TempoMap:
+        """The same map on a clock ``seconds`` ahead."""
+        return replace(self, segments=tuple((b, s + seconds, spb) for b, s, spb in self.segments))
+
+    def _segment(self, key: int, value: float) -> tuple[float, float, float]:
+        index = bisect.bisect_right([segment[key] for segment in self.segments], value) - 1
+        return self.segments[max(0, index)]
+
+    def beat_at(self, seconds: float) -> float:
+        beat, start, spb = self._segment(1, seconds)
+        return beat + (seconds - start) / spb
+
+    def seconds_at(self, beat: float) -> float:
+        first, start, spb = self._segment(0, beat)
+        return start + (beat - first) * spb
+
+    def bpm_at(self, seconds: float) -> float:
+        return 60.0 / self._segment(1, seconds)[2]
+
+    def next_beat(self, seconds: float) -> float:
+        """The first beat at or after ``seconds``."""
+        beat = self.beat_at(seconds)
+        return self.seconds_at(max(beat, float(_ceil(beat))))
+
+    def next_bar(self, seconds: float) -> float:
+        """The first downbeat at or after ``seconds``."""
+        return self.seconds_at(self.next_bar_beat(self.beat_at(seconds)))
+
+    def next_bar_beat(self, beat: float) -> float:
+        index = max(0, bisect.bisect_right([m[0] for m in self.meters], beat + EPSILON_BEATS) - 1)
+        start, length = self.meters[index]
+        bar = start + _ceil((beat - start) / length) * length
+        if index + 1 < len(self.meters):
+            bar = min(bar, self.meters[index + 1][0])  # a new meter begins a bar
+        return max(bar, beat)
+
+    def bar_length(self, beat: float) -> float:
+        """Beats in the bar at ``beat``."""
+        index = max(0, bisect.bisect_right([m[0] for m in self.meters], beat + EPSILON_BEATS) - 1)
+        return self.meters[index][1]
+
+
+def _ceil(value: float) -> int:
+    """Ceiling that forgives float noise: 2.0000000001 beats is beat 2."""
+    return int(-(-(value - EPSILON_BEATS) // 1))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Positions in beats onsets are pulled to: a step (``1/16`` a sixteenth, ``1/8t`` an
+    eighth triplet) and swing, the delay of every second step as a fraction of a step
+    (0 straight, 1/3 a triplet feel, at most 1/2)."""
+
+    step: float
+    swing: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, swing: float = 0.0) -> Grid:
+        """``"1/16"``, ``"1/8t"`` ... ; ValueError naming the forms accepted."""
+        match = GRID.match(text.strip())
+        if not match or int(match.group(1)) == 0:
+            raise ValueError(f"{text!r} is not a grid: write 1/N for a note value (1/4, 1/8, 1/16) "
+                             "or 1/Nt for its triplet (1/8t)")
+        step = Fraction(4, int(match.group(1))) * (Fraction(2, 3) if match.group(2) else 1)
+        return cls(float(step), swing)
+
+    def nearest(self, beat: float) -> float:
+        """The grid position nearest ``beat``."""
+        pair = 2 * self.step
+        start = (beat // pair) * pair
+        points = (start, start + self.step * (1 + self.swing), start + pair)
+        return min(points, key=lambda point: abs(point - beat))
+
+    def place(self, seconds: float, tempo: TempoMap, amount: float) -> float:
+        """``seconds`` pulled ``amount`` (0..1) of the way to the nearest grid position."""
+        target = tempo.seconds_at(self.nearest(tempo.beat_at(seconds)))
+        return seconds + amount * (target - seconds)
+
+    def distance(self, seconds: float, tempo: TempoMap) -> float:
+        """How far ``seconds`` lies from the nearest grid position, in seconds."""
+        return abs(seconds - self.place(seconds, tempo, 1.0))
+
+    def step_seconds(self, seconds: float, tempo: TempoMap) -> float:
+        return self.step * 60.0 / tempo.bpm_at(seconds)
+
+
+class ClockFollower:
+    """Tempo and beat position from MIDI clock: 24 clocks per beat, Start (the next clock
+    is beat 0), Continue, Stop, Song Position Pointer. Clock arrival times wobble (a
+    millisecond or more over USB or a busy machine); a least-squares line through the last
+    beat of clocks averages the wobble out and follows a tempo change within a beat."""
+
+    def __init__(self, beats_per_bar: float = 4.0) -> None:
+        self.beats_per_bar = beats_per_bar
+        self.clocks: deque[tuple[int, float]] = deque(maxlen=CLOCK_WINDOW)  # (clock number, arrival)
+        self.position = 0  # number of the next clock: 24 per beat from the song's start
+        self.running = True  # until a Stop; clock alone (no Start) still gives a tempo
+        self.tempo: TempoMap | None = None
+
+    def clock(self, now: float) -> None:
+        if self.clocks:
+            last = self.clocks[-1][1]
+            period = (60.0 / self.tempo.bpm_at(now) / CLOCKS_PER_BEAT) if self.tempo else None
+            if now <= last or (period is not None and now - last > CLOCK_GAP * period):
+                self.clocks.clear()
+        self.clocks.append((self.position, now))
+        self.position += 1
+        self._fit()
+
+    def start(self) -> None:
+        """Start: the song from its beginning; the next clock is beat 0."""
+        self.position = 0
+        self.running = True
+        self._relabel()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def resume(self) -> None:
+        """Continue: from the position reached (or set by a Song Position Pointer)."""
+        self.running = True
+
+    def song_position(self, sixteenths: int) -> None:
+        """Song Position Pointer: the next clock is at this many sixteenth notes."""
+        self.position = sixteenths * CLOCKS_PER_SONG_POSITION
+        self._relabel()
+
+    def _relabel(self) -> None:
+        """Clocks keep their times (the tempo stays known) but are numbered up to the new
+        position, the last one just before it."""
+        count = len(self.clocks)
+        self.clocks = deque(((self.position - count + i, t) for i, (_, t) in enumerate(self.clocks)),
+                            maxlen=CLOCK_WINDOW)
+        self._fit()
+
+    def _fit(self) -> None:
+        if len(self.clocks) < 2:
+            if self.clocks and self.tempo is not None:  # clock again after a pause: the last tempo, placed anew
+                number, at = self.clocks[-1]
+                self.tempo = TempoMap.steady(self.tempo.bpm_at(at), at, number / CLOCKS_PER_BEAT, self.beats_per_bar)
+            return
+        n = len(self.clocks)
+        mean_x = sum(x for x, _ in self.clocks) / n
+        mean_t = sum(t for _, t in self.clocks) / n
+        spread = sum((x - mean_x) ** 2 for x, _ in self.clocks)
+        slope = sum((x - mean_x) * (t - mean_t) for x, t in self.clocks) / spread  # seconds per clock
+        if slope <= 0:
+            return
+        bpm = 60.0 / (slope * CLOCKS_PER_BEAT)
+        if not MIN_BPM <= bpm <= MAX_BPM:
+            return
+        last = self.clocks[-1][0]
+        at = mean_t + (last - mean_x) * slope  # the fitted time of the last clock
+        self.tempo = TempoMap.steady(bpm, at, last / CLOCKS_PER_BEAT, self.beats_per_bar)

@@ -1,0 +1,134 @@
+"""Tempo maps, the grid and MIDI clock following, in simulated time."""
+
+from __future__ import annotations
+
+import mido
+import numpy as np
+import pytest
+
+from improvd.tempo import ClockFollower, Grid, TempoMap
+
+
+def midi_file(*meta: tuple[int, mido.MetaMessage], ticks_per_beat: int = 96) -> mido.MidiFile:
+    """A file whose conductor track holds ``meta`` at absolute ticks."""
+    midi = mido.MidiFile(type=1, ticks_per_beat=ticks_per_beat)
+    track = mido.MidiTrack()
+    last = 0
+    for tick, message in meta:
+        track.append(message.copy(time=tick - last))
+        last = tick
+    midi.tracks.append(track)
+    return midi
+
+
+def test_file_tempo_map_follows_tempo_changes_and_meter() -> None:
+    # 90 bpm in 3/4 for two bars (6 beats = 4 s), then 120 bpm in 4/4.
+    midi = midi_file((0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(90))),
+                     (0, mido.MetaMessage("time_signature", numerator=3, denominator=4)),
+                     (6 * 96, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(120))),
+                     (6 * 96, mido.MetaMessage("time_signature", numerator=4, denominator=4)))
+    tempo = TempoMap.of_midi(midi)
+    assert tempo.seconds_at(6) == pytest.approx(4.0)
+    assert tempo.seconds_at(8) == pytest.approx(5.0)
+    assert tempo.beat_at(4.5) == pytest.approx(7.0)
+    assert tempo.bpm_at(1.0) == pytest.approx(90) and tempo.bpm_at(4.1) == pytest.approx(120)
+    assert tempo.next_bar(0.1) == pytest.approx(2.0)  # bar 2 of 3/4 at 90 bpm
+    assert tempo.next_bar(2.0) == pytest.approx(2.0)  # on a bar already
+    assert tempo.next_bar(2.1) == pytest.approx(4.0)
+    assert tempo.next_bar(4.1) == pytest.approx(6.0)  # 4/4 bars from beat 6: 4 beats at 120 bpm
+    assert tempo.next_beat(4.1) == pytest.approx(4.5)
+    assert tempo.bar_length(1.0) == 3 and tempo.bar_length(7.0) == 4
+
+
+def test_file_without_tempo_or_meter_is_120_bpm_in_four() -> None:
+    tempo = TempoMap.of_midi(midi_file())
+    assert tempo.bpm_at(0) == pytest.approx(120)
+    assert tempo.next_bar(0.01) == pytest.approx(2.0)
+
+
+def test_shifted_map_keeps_beats_on_another_clock() -> None:
+    tempo = TempoMap.steady(90, beats_per_bar=3).shifted(10.0)
+    assert tempo.seconds_at(3) == pytest.approx(12.0)
+    assert tempo.next_bar(10.5) == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize(("text", "step"), [("1/4", 1.0), ("1/8", 0.5), ("1/16", 0.25), ("1/8t", 1 / 3),
+                                            ("1/16t", 1 / 6), ("1/1", 4.0)])
+def test_grid_names_are_note_values_in_beats(text: str, step: float) -> None:
+    assert Grid.parse(text).step == pytest.approx(step)
+
+
+@pytest.mark.parametrize("text", ["16", "1/0", "1/16x", "quarter", ""])
+def test_unknown_grid_names_are_refused_saying_what_is_accepted(text: str) -> None:
+    with pytest.raises(ValueError, match="1/N"):
+        Grid.parse(text)
+
+
+def test_quantize_pulls_onsets_toward_the_grid_by_the_amount() -> None:
+    tempo = TempoMap.steady(120)  # a sixteenth is 125 ms
+    grid = Grid.parse("1/16")
+    assert grid.place(0.140, tempo, 1.0) == pytest.approx(0.125)
+    assert grid.place(0.140, tempo, 0.5) == pytest.approx(0.1325)
+    assert grid.place(0.140, tempo, 0.0) == pytest.approx(0.140)
+    assert grid.place(0.2, tempo, 1.0) == pytest.approx(0.25)
+    assert grid.distance(0.140, tempo) == pytest.approx(0.015)
+
+
+def test_swing_delays_every_second_step() -> None:
+    tempo = TempoMap.steady(60)  # one beat per second; eighths 0.5 s
+    grid = Grid.parse("1/8", swing=1 / 3)
+    assert grid.place(0.6, tempo, 1.0) == pytest.approx(2 / 3)  # the off-beat, a triplet late
+    assert grid.place(0.1, tempo, 1.0) == pytest.approx(0.0)
+    assert grid.place(0.95, tempo, 1.0) == pytest.approx(1.0)
+
+
+def clocks(follower: ClockFollower, start: float, bpm: float, count: int, rng: np.random.Generator,
+           jitter_s: float = 0.0) -> float:
+    """Feed ``count`` clocks at ``bpm`` from ``start`` (each wobbling by up to ``jitter_s``);
+    the time the next one is due."""
+    period = 60 / bpm / 24
+    for i in range(count):
+        follower.clock(start + i * period + rng.uniform(-jitter_s, jitter_s))
+    return start + count * period
+
+
+def test_clock_with_jitter_gives_a_steady_tempo_and_beat() -> None:
+    rng = np.random.default_rng(7)
+    follower = ClockFollower()
+    follower.start()
+    due = clocks(follower, 5.0, 100, 24 * 8, rng, jitter_s=0.0015)  # 8 beats, +-1.5 ms per clock
+    assert follower.tempo.bpm_at(due) == pytest.approx(100, abs=0.5)
+    # Beat 8 falls where the sender put it: within a millisecond despite the wobble.
+    assert abs(follower.tempo.seconds_at(8) - due) <= 0.001
+    assert follower.tempo.next_bar(due - 0.01) == pytest.approx(due, abs=0.001)  # beat 8: a downbeat in 4/4
+
+
+def test_tempo_change_is_followed_within_a_beat() -> None:
+    rng = np.random.default_rng(8)
+    follower = ClockFollower()
+    follower.start()
+    due = clocks(follower, 0.0, 100, 24 * 4, rng, jitter_s=0.001)
+    due = clocks(follower, due, 120, 24, rng, jitter_s=0.001)  # one beat at the new tempo
+    assert follower.tempo.bpm_at(due) == pytest.approx(120, abs=1)
+    assert abs(follower.tempo.seconds_at(5) - due) <= 0.001
+
+
+def test_start_song_position_and_a_paused_clock() -> None:
+    rng = np.random.default_rng(9)
+    follower = ClockFollower(beats_per_bar=3)
+    due = clocks(follower, 0.0, 100, 30, rng)  # clock with no Start: a tempo, beats from the first clock heard
+    assert follower.tempo.bpm_at(due) == pytest.approx(100)
+    follower.stop()
+    assert not follower.running
+    follower.song_position(16)  # bar 2 of 3/4 would be 12 sixteenths; 16 is beat 4
+    follower.resume()
+    due += 2.0  # the clock paused while stopped
+    due = clocks(follower, due, 100, 1, rng)
+    last = due - 60 / 100 / 24
+    assert follower.tempo.beat_at(last) == pytest.approx(4.0)  # the first clock after the pause
+    assert follower.tempo.bpm_at(due) == pytest.approx(100)  # the tempo known before the pause
+    follower.start()
+    due = clocks(follower, due, 100, 1, rng)
+    last = due - 60 / 100 / 24
+    assert follower.tempo.beat_at(last) == pytest.approx(0.0)
+    assert follower.tempo.next_bar(due) == pytest.approx(last + 3 * 0.6)  # bars of three beats from Start
