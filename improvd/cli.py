@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-file", type=Path, help="a MIDI motif to prime the model with")
     parser.add_argument("--seed-track", type=int, help="use only this track of the seed file (0-based)")
     parser.add_argument("--output-file", type=Path, help="write motif + continuation here and exit (no ports)")
+    parser.add_argument("--continuation-only", action="store_true",
+                        help="with --output-file: the new notes alone, at their place in the motif's timeline")
     parser.add_argument("--plot", type=Path, help="with --output-file: a piano-roll PNG")
     parser.add_argument("--length", type=float, help="seconds of continuation for the seed file")
     parser.add_argument("--list-ports", action="store_true", help="list MIDI ports and exit")
@@ -57,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--output-file and --plot need --seed-file")
     if args.plot and not args.output_file:
         parser.error("--plot needs --output-file")
+    if args.continuation_only and not args.output_file:
+        parser.error("--continuation-only needs --output-file")
     if args.length is not None and not 0 < args.length <= 600:
         parser.error("--length must be between 0 and 600 seconds")
     return args
@@ -117,16 +121,17 @@ def version_text(model_path: Path) -> str:
 def continue_to_file(config: Config, args: argparse.Namespace) -> None:
     from improvd.daemon import build_engine
     from improvd.model import StepModel
-    from improvd.seed import continue_offline, plot_piano_roll, read_seed, seed_notes, write_continuation
+    from improvd.seed import continue_offline, plot_piano_roll, read_motif, seed_notes, write_continuation
 
-    seed = read_seed(args.seed_file, args.seed_track)
+    seed = read_motif(args.seed_file, args.seed_track)
     model = StepModel(config.model.path, config.model.device)
     engine = build_engine(config, model, now=0.0)
     started = time.perf_counter()
-    notes = continue_offline(engine, seed, args.length)
+    notes = continue_offline(engine, seed.messages, args.length)
     elapsed = time.perf_counter() - started
-    write_continuation(args.output_file, seed, notes, channel=config.ports.output_channel - 1)
-    motif = seed_notes(seed)
+    write_continuation(args.output_file, seed, notes, channel=config.ports.output_channel - 1,
+                       alone=args.continuation_only)
+    motif = seed_notes(seed.messages)
     print(f"improvd: {args.output_file}: motif {len(motif)} notes + continuation {len(notes)} notes "
           f"({notes[-1].end - notes[0].start if notes else 0:.1f} s), {model.steps} model steps in {elapsed:.2f} s")
     if args.plot:

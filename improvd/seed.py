@@ -1,12 +1,14 @@
 """Seed files: reading a motif safely, and continuing it into a MIDI file with no ports.
 
 The offline continuation drives the same engine as the live daemon, in simulated time:
-the motif is played into it as if by a player, and what it answers is written out.
+the motif is played into it as if by a player, and what it answers is written out in the
+motif's own timeline: its tempo map, meter and resolution, so that it lines up in a DAW.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import mido
@@ -14,6 +16,7 @@ import mido
 from improvd import vocab
 from improvd.engine import Engine
 from improvd.errors import EmptyContinuationError, ImprovdError, InputFileError
+from improvd.tempo import TempoMap
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +24,29 @@ MAX_SEED_BYTES = 8 * 1024 * 1024  # a seed is a motif, not a symphony collection
 SEED_WINDOW_S = 120.0  # only the last two minutes are folded in: the LSTM forgets earlier
 SIMULATION_STEP_S = 0.01
 OFFLINE_CANDIDATE_STEPS = 1_000_000  # more events than any answer has
+CONDUCTOR = ("set_tempo", "time_signature", "key_signature", "smpte_offset")  # kept with a continuation alone
+
+
+@dataclass(frozen=True)
+class Motif:
+    """A seed file read: ``messages`` as the engine hears them, in seconds from ``start``
+    (the first note, or the start of the last SEED_WINDOW_S), and the file as written."""
+
+    messages: list[tuple[float, mido.Message]]
+    midi: mido.MidiFile
+    track: int | None  # the track the motif was read from; None: all of them
+    start: float  # seconds from the file's start to the messages' zero
+    tempo: TempoMap
 
 
 def read_seed(path: Path, track: int | None = None) -> list[tuple[float, mido.Message]]:
     """(seconds from the first note, message) for the note and pedal messages of a MIDI
     file; InputFileError with a one-line reason for anything unusable."""
+    return read_motif(path, track).messages
+
+
+def read_motif(path: Path, track: int | None = None) -> Motif:
+    """The motif of a MIDI file (one track of it, if given), with the file's timeline."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -67,7 +88,11 @@ def read_seed(path: Path, track: int | None = None) -> list[tuple[float, mido.Me
     if end - start > SEED_WINDOW_S:
         start = end - SEED_WINDOW_S
         log.info("%s: %.0f s long; priming with its last %.0f s", path, end - onsets[0], SEED_WINDOW_S)
-    return [(t - start, m) for t, m in messages if t >= start]
+    try:
+        tempo = TempoMap.of_midi(midi)
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise InputFileError(f"{path}: corrupt MIDI data ({err})") from err
+    return Motif([(t - start, m) for t, m in messages if t >= start], midi, track, start, tempo)
 
 
 def released_at_end(messages: list[tuple[float, mido.Message]], end: float) -> list[tuple[float, mido.Message]]:
@@ -134,19 +159,68 @@ def _why_empty(engine: Engine) -> str:
     return "the model played no note in its answer"
 
 
-def write_continuation(path: Path, seed: list[tuple[float, mido.Message]], continuation: list[vocab.Note],
-                       channel: int) -> None:
-    """Motif and continuation as a type-1 file: track 1 the motif, track 2 improvd."""
-    motif_notes = seed_notes(seed)
-    out = mido.MidiFile(type=1, ticks_per_beat=480)
-    for name, notes, ch in (("motif", motif_notes, 0), ("improvd", continuation, channel)):
-        track = vocab.notes_to_midi(notes, channel=ch).tracks[0]
-        track.insert(0, mido.MetaMessage("track_name", name=name, time=0))
-        out.tracks.append(track)
+def write_continuation(path: Path, motif: Motif, continuation: list[vocab.Note], channel: int,
+                       alone: bool = False) -> None:
+    """The motif as written (every track, or the seed track with the file's tempo map; its
+    meter and ticks per beat) and a last track "improvd" with the continuation at its place
+    in the motif's timeline. With ``alone``, a one-track file of the continuation on the
+    motif's tempo map and meter: what a DAW takes back, lining up when dropped at the
+    motif region's start."""
+    source = motif.midi
+    notes = [(0, mido.MetaMessage("track_name", name="improvd"))] + continuation_track(motif, continuation, channel)
+    if alone:
+        tracks = [_relative(_conductor(source.tracks) + notes)]
+    elif motif.track is None:
+        tracks = [track.copy() for track in source.tracks] + [_relative(notes)]
+    else:
+        others = [track for i, track in enumerate(source.tracks) if i != motif.track]
+        tracks = [_relative(_conductor(others) + _absolute(source.tracks[motif.track])), _relative(notes)]
+    out = mido.MidiFile(type=0 if alone else 2 if source.type == 2 else 1, ticks_per_beat=source.ticks_per_beat)
+    out.tracks += tracks
     try:
         out.save(path)
     except OSError as err:
         raise InputFileError(f"{path}: cannot write output file: {err.strerror}") from err
+
+
+def continuation_track(motif: Motif, continuation: list[vocab.Note], channel: int) -> list[tuple[int, mido.Message]]:
+    """(tick, message) for the continuation in the motif's ticks; a note keeps at least one
+    tick, and a key struck again is released first."""
+    ticks_per_beat = motif.midi.ticks_per_beat
+
+    def tick(seconds: float) -> int:
+        return round(motif.tempo.beat_at(motif.start + seconds) * ticks_per_beat)
+
+    released: dict[int, int] = {}
+    events = []
+    for note in sorted(continuation, key=lambda n: n.start):
+        on = max(tick(note.start), released.get(note.pitch, 0))
+        off = released[note.pitch] = max(tick(note.end), on + 1)
+        events.append((on, 1, mido.Message("note_on", note=note.pitch, velocity=note.velocity, channel=channel)))
+        events.append((off, 0, mido.Message("note_off", note=note.pitch, velocity=0, channel=channel)))
+    return [(t, m) for t, _, m in sorted(events, key=lambda event: event[:2])]
+
+
+def _absolute(track: mido.MidiTrack) -> list[tuple[int, mido.Message]]:
+    tick, events = 0, []
+    for message in track:
+        tick += message.time
+        events.append((tick, message))
+    return events
+
+
+def _conductor(tracks: list[mido.MidiTrack]) -> list[tuple[int, mido.Message]]:
+    """The tempo map, meter and key of ``tracks``, at their ticks."""
+    return [(tick, m) for track in tracks for tick, m in _absolute(track) if m.type in CONDUCTOR]
+
+
+def _relative(events: list[tuple[int, mido.Message]]) -> mido.MidiTrack:
+    """A track from (tick, message) events, in tick order (stable: earlier events first)."""
+    track, last = mido.MidiTrack(), 0
+    for tick, message in sorted(events, key=lambda event: event[0]):
+        track.append(message.copy(time=tick - last))
+        last = tick
+    return track
 
 
 def seed_notes(seed: list[tuple[float, mido.Message]]) -> list[vocab.Note]:
