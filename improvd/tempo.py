@@ -130,24 +130,36 @@ class Grid:
         step = Fraction(4, int(match.group(1))) * (Fraction(2, 3) if match.group(2) else 1)
         return cls(float(step), swing)
 
-    def nearest(self, beat: float) -> float:
-        """The grid position nearest ``beat``."""
+    def around(self, beat: float) -> tuple[float, float]:
+        """The grid positions at or before ``beat`` and after it."""
         pair = 2 * self.step
         start = (beat // pair) * pair
         points = (start, start + self.step * (1 + self.swing), start + pair)
-        return min(points, key=lambda point: abs(point - beat))
+        before = max(p for p in points if p <= beat + EPSILON_BEATS)
+        return before, min(p for p in points if p > before)
+
+    def nearest(self, beat: float) -> float:
+        """The grid position nearest ``beat``."""
+        before, after = self.around(beat)
+        return before if beat - before <= after - beat else after
 
     def place(self, seconds: float, tempo: TempoMap, amount: float) -> float:
         """``seconds`` pulled ``amount`` (0..1) of the way to the nearest grid position."""
         target = tempo.seconds_at(self.nearest(tempo.beat_at(seconds)))
         return seconds + amount * (target - seconds)
 
+    def place_ahead(self, seconds: float, tempo: TempoMap, amount: float, slack: float) -> float:
+        """Like ``place``, for an onset generated as it plays: time cannot go back, so it is
+        pulled to the grid position at most ``slack`` seconds before it, else to the next."""
+        before, after = self.around(tempo.beat_at(seconds))
+        target = tempo.seconds_at(before)
+        if seconds - target > slack:
+            target = tempo.seconds_at(after)
+        return seconds + amount * (target - seconds)
+
     def distance(self, seconds: float, tempo: TempoMap) -> float:
         """How far ``seconds`` lies from the nearest grid position, in seconds."""
         return abs(seconds - self.place(seconds, tempo, 1.0))
-
-    def step_seconds(self, seconds: float, tempo: TempoMap) -> float:
-        return self.step * 60.0 / tempo.bpm_at(seconds)
 
 
 class ClockFollower:
@@ -218,3 +230,22 @@ class ClockFollower:
         last = self.clocks[-1][0]
         at = mean_t + (last - mean_x) * slope  # the fitted time of the last clock
         self.tempo = TempoMap.steady(bpm, at, last / CLOCKS_PER_BEAT, self.beats_per_bar)
+
+
+ANSWER_STARTS = ("silence", "beat", "bar")
+
+
+def answer_span(deadline: float, length: float, tempo: TempoMap, start_on: str, bars: int) -> tuple[float, float]:
+    """(start, end) of an answer when a tempo is known. It starts on the silence deadline,
+    or on the first beat or downbeat at or after it (``start_on``); it lasts ``bars`` bars,
+    or else ``length`` seconds rounded to whole beats ("beat") or bars ("bar"), at least one."""
+    start = {"silence": deadline, "beat": tempo.next_beat(deadline), "bar": tempo.next_bar(deadline)}[start_on]
+    first = tempo.beat_at(start)
+    bar = tempo.bar_length(first)
+    if bars > 0:
+        return start, tempo.seconds_at(first + bars * bar)
+    if start_on == "silence":
+        return start, start + length
+    unit = bar if start_on == "bar" else 1.0
+    units = max(1, round((tempo.beat_at(start + length) - first) / unit))
+    return start, tempo.seconds_at(first + units * unit)

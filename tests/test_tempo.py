@@ -6,7 +6,7 @@ import mido
 import numpy as np
 import pytest
 
-from improvd.tempo import ClockFollower, Grid, TempoMap
+from improvd.tempo import ClockFollower, Grid, TempoMap, answer_span
 
 
 def midi_file(*meta: tuple[int, mido.MetaMessage], ticks_per_beat: int = 96) -> mido.MidiFile:
@@ -132,3 +132,25 @@ def test_start_song_position_and_a_paused_clock() -> None:
     last = due - 60 / 100 / 24
     assert follower.tempo.beat_at(last) == pytest.approx(0.0)
     assert follower.tempo.next_bar(due) == pytest.approx(last + 3 * 0.6)  # bars of three beats from Start
+
+
+def test_onsets_generated_as_they_play_are_pulled_ahead_to_the_grid() -> None:
+    tempo = TempoMap.steady(120)  # sixteenths every 125 ms
+    grid = Grid.parse("1/16")
+    assert grid.place_ahead(0.130, tempo, 1.0, slack=0.005) == pytest.approx(0.250)  # 5 ms past: the next one
+    assert grid.place_ahead(0.128, tempo, 1.0, slack=0.005) == pytest.approx(0.125)  # within the slack: this one
+    assert grid.place_ahead(0.2, tempo, 0.5, slack=0.005) == pytest.approx(0.225)
+    assert grid.place_ahead(0.25, tempo, 1.0, slack=0.005) == pytest.approx(0.25)
+    swung = Grid.parse("1/16", swing=1 / 3)
+    assert swung.place_ahead(0.13, tempo, 1.0, slack=0.005) == pytest.approx(0.125 * 4 / 3)
+
+
+def test_answers_start_on_the_beat_or_bar_and_last_whole_beats_or_bars() -> None:
+    tempo = TempoMap.steady(120, at=1.0, beats_per_bar=3)  # beats every 0.5 s from 1.0; bars of 1.5 s
+    assert answer_span(2.1, 2.0, tempo, "silence", 0) == pytest.approx((2.1, 4.1))
+    assert answer_span(2.1, 2.0, tempo, "beat", 0) == pytest.approx((2.5, 4.5))  # 4 beats
+    assert answer_span(2.1, 2.2, tempo, "beat", 0) == pytest.approx((2.5, 4.5))  # 4.4 beats: 4
+    assert answer_span(2.1, 2.0, tempo, "bar", 0) == pytest.approx((2.5, 4.0))  # 1.33 bars: 1
+    assert answer_span(2.1, 0.1, tempo, "bar", 0) == pytest.approx((2.5, 4.0))  # at least one bar
+    assert answer_span(2.1, 9.0, tempo, "bar", 2) == pytest.approx((2.5, 5.5))  # answer_bars wins
+    assert answer_span(2.5, 1.0, tempo, "beat", 0) == pytest.approx((2.5, 3.5))  # on a beat already
