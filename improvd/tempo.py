@@ -204,12 +204,9 @@ class ClockFollower:
         self._relabel()
 
     def _relabel(self) -> None:
-        """Clocks keep their times (the tempo stays known) but are numbered up to the new
-        position, the last one just before it."""
-        count = len(self.clocks)
-        self.clocks = deque(((self.position - count + i, t) for i, (_, t) in enumerate(self.clocks)),
-                            maxlen=CLOCK_WINDOW)
-        self._fit()
+        """A new position: the clocks before it no longer line up with the ones to come (a
+        pause lies between), so the fit starts anew from the tempo known so far."""
+        self.clocks.clear()
 
     def _fit(self) -> None:
         if len(self.clocks) < 2:
@@ -249,3 +246,77 @@ def answer_span(deadline: float, length: float, tempo: TempoMap, start_on: str, 
     unit = bar if start_on == "bar" else 1.0
     units = max(1, round((tempo.beat_at(start + length) - first) / unit))
     return start, tempo.seconds_at(first + units * unit)
+
+
+CLOCK_STALE_S = 1.0  # MIDI clock unheard this long no longer sets the tempo
+SOURCES = ("JACK transport", "file", "MIDI clock", "set by hand")
+
+
+class Beat:
+    """What the engine asks about tempo: the beats now (from a fixed map, such as a seed
+    file's or JACK transport's; else from MIDI clock; else from a tempo set by hand, its
+    beat 1 on the first note heard), where an answer starts and ends, and where an onset
+    is played. ``config``: the engine section (tempo_bpm, beats_per_bar, answer_start,
+    answer_bars, quantize, grid, swing). Without a tempo it changes nothing."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.follower = ClockFollower(config.beats_per_bar)
+        self.grid = Grid.parse(config.grid, config.swing)
+        self.fixed: tuple[TempoMap, str] | None = None
+        self.anchor: float | None = None  # the first note heard: beat 1 of a tempo set by hand
+        self.last_clock: float | None = None
+
+    def clock(self, kind: str, now: float, position: int = 0) -> None:
+        """A clock message: "clock", "start", "continue", "stop", "songpos" (``position``
+        in sixteenths)."""
+        if kind == "clock":
+            self.follower.clock(now)
+            self.last_clock = now
+        elif kind == "start":
+            self.follower.start()
+        elif kind == "continue":
+            self.follower.resume()
+        elif kind == "stop":
+            self.follower.stop()
+        elif kind == "songpos":
+            self.follower.song_position(position)
+
+    def set_tempo(self, tempo: TempoMap | None, source: str = "file") -> None:
+        """A tempo map that overrides clock and hand (a seed file's, JACK transport's); None lifts it."""
+        self.fixed = None if tempo is None else (tempo, source)
+
+    def heard_note(self, now: float) -> None:
+        if self.anchor is None:
+            self.anchor = now
+
+    def tempo(self, now: float) -> tuple[TempoMap, str] | None:
+        """The tempo map in force at ``now`` and its source; None without one."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.follower.tempo is not None and self.last_clock is not None and now - self.last_clock <= CLOCK_STALE_S:
+            return self.follower.tempo, "MIDI clock"
+        if self.config.tempo_bpm > 0:
+            at = now if self.anchor is None else self.anchor
+            return TempoMap.steady(self.config.tempo_bpm, at, beats_per_bar=self.config.beats_per_bar), "set by hand"
+        return None
+
+    def span(self, deadline: float, length: float, now: float) -> tuple[float, float]:
+        """(start, end) of the answer to a phrase that ends at ``deadline``: on the beat and
+        in whole beats or bars when a tempo is known and asked for, else as it was."""
+        tempo = self.tempo(now)
+        if tempo is None:
+            return deadline, deadline + length
+        return answer_span(deadline, length, tempo[0], self.config.answer_start, self.config.answer_bars)
+
+    def place(self, onset: float, now: float, slack: float) -> float:
+        """Where a generated onset due at ``onset`` is played (see Grid.place_ahead)."""
+        tempo = self.tempo(now)
+        if tempo is None or self.config.quantize <= 0:
+            return onset
+        return self.grid.place_ahead(onset, tempo[0], self.config.quantize, slack)
+
+    def distance(self, onset: float, now: float) -> float | None:
+        """How far an onset lies from the grid; None without a tempo."""
+        tempo = self.tempo(now)
+        return None if tempo is None else self.grid.distance(onset, tempo[0])

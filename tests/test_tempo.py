@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mido
 import numpy as np
 import pytest
 
-from improvd.tempo import ClockFollower, Grid, TempoMap, answer_span
+from improvd.tempo import Beat, ClockFollower, Grid, TempoMap, answer_span
 
 
 def midi_file(*meta: tuple[int, mido.MetaMessage], ticks_per_beat: int = 96) -> mido.MidiFile:
@@ -154,3 +156,64 @@ def test_answers_start_on_the_beat_or_bar_and_last_whole_beats_or_bars() -> None
     assert answer_span(2.1, 0.1, tempo, "bar", 0) == pytest.approx((2.5, 4.0))  # at least one bar
     assert answer_span(2.1, 9.0, tempo, "bar", 2) == pytest.approx((2.5, 5.5))  # answer_bars wins
     assert answer_span(2.5, 1.0, tempo, "beat", 0) == pytest.approx((2.5, 3.5))  # on a beat already
+
+
+@dataclass(frozen=True)
+class BeatConfig:
+    """The engine section's tempo keys, as config.toml sets them by default."""
+
+    tempo_bpm: float = 0.0
+    beats_per_bar: int = 4
+    answer_start: str = "silence"
+    answer_bars: int = 0
+    quantize: float = 0.0
+    grid: str = "1/16"
+    swing: float = 0.0
+
+
+def test_without_a_tempo_nothing_moves() -> None:
+    beat = Beat(BeatConfig(answer_start="bar", quantize=1.0))
+    beat.heard_note(1.0)
+    assert beat.tempo(2.0) is None
+    assert beat.span(2.13, 1.7, 2.0) == (2.13, 2.13 + 1.7)
+    assert beat.place(2.137, 2.0, 0.005) == 2.137
+
+
+def test_tempo_by_hand_counts_from_the_first_note() -> None:
+    beat = Beat(BeatConfig(tempo_bpm=120, answer_start="beat", quantize=1.0))
+    beat.heard_note(3.02)
+    beat.heard_note(3.6)  # later notes do not move beat 1
+    tempo, source = beat.tempo(4.0)
+    assert source == "set by hand" and tempo.seconds_at(1) == pytest.approx(3.52)
+    assert beat.span(4.1, 1.2, 4.0) == pytest.approx((4.52, 5.52))  # next beat; 1.2 s -> 2 beats
+    assert beat.place(4.6, 4.0, 0.005) == pytest.approx(4.645)  # the next sixteenth
+
+
+def test_clock_overrides_the_hand_and_a_fixed_map_overrides_the_clock() -> None:
+    rng = np.random.default_rng(3)
+    beat = Beat(BeatConfig(tempo_bpm=90))
+    beat.clock("start", 0.0)
+    period = 60 / 100 / 24
+    for i in range(48):
+        beat.clock("clock", 1.0 + i * period + rng.uniform(-0.001, 0.001))
+    now = 1.0 + 48 * period
+    tempo, source = beat.tempo(now)
+    assert source == "MIDI clock" and tempo.bpm_at(now) == pytest.approx(100, abs=0.5)
+    assert beat.tempo(now + 2.0)[1] == "set by hand"  # the clock went quiet
+    beat.set_tempo(TempoMap.steady(75), "JACK transport")
+    assert beat.tempo(now)[1] == "JACK transport"
+    beat.set_tempo(None)
+    assert beat.tempo(now)[1] == "MIDI clock"
+
+
+def test_song_position_pointer_sets_the_next_clock() -> None:
+    beat = Beat(BeatConfig())
+    period = 60 / 120 / 24
+    for i in range(30):
+        beat.clock("clock", i * period)
+    beat.clock("stop", 30 * period)
+    beat.clock("songpos", 30 * period, position=8)  # two beats in
+    beat.clock("continue", 30 * period)
+    beat.clock("clock", 31 * period)
+    tempo, _ = beat.tempo(31 * period)
+    assert tempo.beat_at(31 * period) == pytest.approx(2.0)
