@@ -21,7 +21,7 @@ CLOCKS_PER_BEAT = 24
 CLOCKS_PER_SONG_POSITION = 6  # Song Position Pointer counts sixteenth notes
 MIN_BPM, MAX_BPM = 20.0, 400.0  # a clock outside these is noise, a paused sender or a glitch
 CLOCK_WINDOW = CLOCKS_PER_BEAT + 1  # ticks fitted: one beat, so a tempo change is followed within a beat
-CLOCK_GAP = 3.0  # a tick this many periods after the last one: the clock paused, the fit starts anew
+CLOCK_GAP = 12  # a clock this many periods after the last one: the clock paused, the fit starts anew
 EPSILON_BEATS = 1e-6  # a time this close to a beat counts as on it
 GRID = re.compile(r"^1/(\d+)(t?)$")
 
@@ -176,11 +176,19 @@ class ClockFollower:
         self.tempo: TempoMap | None = None
 
     def clock(self, now: float) -> None:
+        """A clock arrived at ``now``. Clocks can be lost on the way (a MIDI server that
+        overruns drops events): one arriving two or more periods after where the last one
+        lies on the fitted line counts the ones missed, so the beat stays where it is."""
         if self.clocks:
-            last = self.clocks[-1][1]
-            period = (60.0 / self.tempo.bpm_at(now) / CLOCKS_PER_BEAT) if self.tempo else None
-            if now <= last or (period is not None and now - last > CLOCK_GAP * period):
-                self.clocks.clear()
+            number, last = self.clocks[-1]
+            steps = 1
+            if self.tempo is not None:
+                period = 60.0 / self.tempo.bpm_at(now) / CLOCKS_PER_BEAT
+                steps = round((now - self.tempo.seconds_at(number / CLOCKS_PER_BEAT)) / period)
+            if now <= last or steps > CLOCK_GAP:
+                self.clocks.clear()  # out of order, or a pause: the fit starts anew
+            elif steps > 1:
+                self.position += steps - 1
         self.clocks.append((self.position, now))
         self.position += 1
         self._fit()

@@ -217,3 +217,13 @@ def test_song_position_pointer_sets_the_next_clock() -> None:
     beat.clock("clock", 31 * period)
     tempo, _ = beat.tempo(31 * period)
     assert tempo.beat_at(31 * period) == pytest.approx(2.0)
+
+
+def test_lost_clocks_do_not_move_the_beat() -> None:
+    follower = ClockFollower()
+    follower.start()
+    period = 60 / 120 / 24
+    arrivals = [i * period for i in range(24 * 6) if i not in (50, 51, 97)]  # three clocks lost on the way
+    for at in arrivals:
+        follower.clock(at)
+    assert follower.tempo.seconds_at(6) == pytest.approx(3.0, abs=1e-6)
