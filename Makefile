@@ -2,17 +2,24 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# .venv in two steps: improvd with matplotlib is all `make demo` needs (no TensorFlow, about 300 MB);
+# `make test` and `make model` add training (TensorFlow, music21) and the test tools (about 2.5 GB).
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test model lint bench clean install-service
+.PHONY: demo test model lint bench clean install-service uninstall-service
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(RUNTIME): pyproject.toml
+	test -e $(VENV)/pyvenv.cfg || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[train,dev]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet -e '.[plot]'
+	touch $@
 
-demo: $(STAMP)
+$(STAMP): $(RUNTIME)
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $@
+
+demo: $(RUNTIME)
 	$(BIN)/improvd --seed-file examples/motif.mid --output-file continuation.mid --plot continuation.png
 
 test: $(STAMP)
@@ -46,41 +53,65 @@ model: $(STAMP) runs/scores/improvd.onnx
 bench: $(STAMP)
 	$(BIN)/python bench/step.py
 
-# Run as a service (systemd/ and README "Run as a service"):
-#   make install-service                 user unit -> ~/.config/systemd/user, config.toml ->
-#                                        ~/.config/improvd/ (kept if present), ~/.local/bin/improvd
-#                                        -> this checkout's venv; then: systemctl --user enable --now improvd
-#   sudo make install-service SYSTEM=1   venv in $(PREFIX), user "improvd" (group audio), config
+# Run as a service (systemd/ and README "Run as a service"). Both install improvd, with its model,
+# into an environment of its own (PREFIX), so the checkout can be cleaned, moved or deleted after:
+#   make install-service                 venv in ~/.local/share/improvd, user unit -> ~/.config/systemd/user,
+#                                        config.toml -> ~/.config/improvd/ (kept if present);
+#                                        then: systemctl --user enable --now improvd
+#   sudo make install-service SYSTEM=1   venv in /opt/improvd, user "improvd" (group audio), config
 #                                        /etc/improvd/config.toml (kept if present), system unit as
 #                                        /etc/systemd/system/improvd.service; then: systemctl enable --now improvd
-PREFIX ?= /opt/improvd
+# Upgrade: the same command again from the new checkout, then restart the service.
+# make uninstall-service [SYSTEM=1] removes the unit and the venv, and keeps the config file.
+XDG_DATA_HOME ?= $(HOME)/.local/share
+XDG_CONFIG_HOME ?= $(HOME)/.config
+PREFIX ?= $(if $(filter 1,$(SYSTEM)),/opt/improvd,$(XDG_DATA_HOME)/improvd)
+USER_UNIT := $(XDG_CONFIG_HOME)/systemd/user/improvd.service
+SYSTEM_UNIT := /etc/systemd/system/improvd.service
 # The installed config leaves model.path unset: improvd then runs the model inside its package.
 UNSET_MODEL_PATH := s|^path = "exported/improvd.onnx"|\# path = "exported/improvd.onnx"|
 SYSTEMCTL ?= systemctl
-XDG_CONFIG_HOME ?= $(HOME)/.config
 
-install-service: $(if $(filter 1,$(SYSTEM)),,$(STAMP))  # SYSTEM=1 builds its own venv in $(PREFIX)
+install-service:
 ifeq ($(SYSTEM),1)
 	@test "$$(id -u)" = 0 || { echo "install-service SYSTEM=1 needs root: sudo make install-service SYSTEM=1"; exit 1; }
-	umask 022 && $(PYTHON) -m venv $(PREFIX) && $(PREFIX)/bin/pip install --quiet --upgrade pip && $(PREFIX)/bin/pip install --quiet .
+	umask 022 && { test -e $(PREFIX)/pyvenv.cfg || $(PYTHON) -m venv $(PREFIX); } && \
+		$(PREFIX)/bin/pip install --quiet --upgrade pip && $(PREFIX)/bin/pip install --quiet --upgrade .
 	getent group audio >/dev/null || groupadd --system audio
 	id -u improvd >/dev/null 2>&1 || useradd --system --user-group --groups audio --home-dir /nonexistent \
 		--no-create-home --shell /usr/sbin/nologin --comment "improvd MIDI daemon" improvd
 	install -d -m 755 /etc/improvd
 	test -e /etc/improvd/config.toml || { umask 022 && sed -e '$(UNSET_MODEL_PATH)' \
 		-e 's|^realtime = false|realtime = true|' config.toml > /etc/improvd/config.toml; }
-	umask 022 && sed 's|/opt/improvd/|$(PREFIX)/|' systemd/improvd-system.service > /etc/systemd/system/improvd.service
+	umask 022 && sed 's|/opt/improvd/|$(PREFIX)/|' systemd/improvd-system.service > $(SYSTEM_UNIT)
 	$(SYSTEMCTL) daemon-reload
-	@echo "installed; start it with: systemctl enable --now improvd"
+	@echo "installed in $(PREFIX); start it with: systemctl enable --now improvd"
 else
-	install -d $(XDG_CONFIG_HOME)/systemd/user $(XDG_CONFIG_HOME)/improvd $(HOME)/.local/bin
-	install -m 644 systemd/improvd.service $(XDG_CONFIG_HOME)/systemd/user/improvd.service
+	test -e $(PREFIX)/pyvenv.cfg || $(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet --upgrade .
+	install -d $(dir $(USER_UNIT)) $(XDG_CONFIG_HOME)/improvd
+	sed 's|%h/.local/share/improvd/|$(PREFIX)/|' systemd/improvd.service > $(USER_UNIT)
 	test -e $(XDG_CONFIG_HOME)/improvd/config.toml || \
 		sed '$(UNSET_MODEL_PATH)' config.toml > $(XDG_CONFIG_HOME)/improvd/config.toml
-	test -e $(HOME)/.local/bin/improvd || ln -sfn $(abspath $(BIN))/improvd $(HOME)/.local/bin/improvd
 	$(SYSTEMCTL) --user daemon-reload || echo "no user systemd here: run 'systemctl --user daemon-reload' in your session"
-	@echo "installed; start it with: systemctl --user enable --now improvd"
+	@echo "installed in $(PREFIX); start it with: systemctl --user enable --now improvd"
+endif
+
+uninstall-service:
+ifeq ($(SYSTEM),1)
+	@test "$$(id -u)" = 0 || { echo "uninstall-service SYSTEM=1 needs root: sudo make uninstall-service SYSTEM=1"; exit 1; }
+	-$(SYSTEMCTL) disable --now improvd
+	rm -f $(SYSTEM_UNIT)
+	$(SYSTEMCTL) daemon-reload
+	test ! -e $(PREFIX)/pyvenv.cfg || rm -rf $(PREFIX)
+	@echo "removed the unit and $(PREFIX); kept /etc/improvd/config.toml and the user improvd (userdel improvd)"
+else
+	-$(SYSTEMCTL) --user disable --now improvd
+	rm -f $(USER_UNIT)
+	$(SYSTEMCTL) --user daemon-reload || true
+	test ! -e $(PREFIX)/pyvenv.cfg || rm -rf $(PREFIX)
+	@echo "removed the unit and $(PREFIX); kept $(XDG_CONFIG_HOME)/improvd/config.toml"
 endif
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build

@@ -46,13 +46,12 @@ def time_answers(model: StepModel, config: Config, seed: list, length: float, k:
         run_config = replace(config, engine=replace(config.engine, seed=rep),
                              sampler=replace(config.sampler, candidates=k))
         engine = build_engine(run_config, model, 0.0)
-        engine.seed(seed, START, length)
-        deadline = engine.silence_deadline()
+        engine.prime(seed, START, length)
         started = time.perf_counter()
-        engine._search(deadline, START)  # what poll does while silent (it skips K = 1: so call it directly)
-        while not engine.search.done:
-            engine.search.advance(engine.settings.candidate_steps, START)
-        choice = engine.search.choose(START)
+        search = engine.search_answer(START)  # what poll does while silent (it skips K = 1: so call it directly)
+        while not search.done:
+            engine.search_answer(START)
+        choice = search.choose(START)
         times.append(time.perf_counter() - started)
         steps.append(choice.steps)
         margins.append(choice.margin)

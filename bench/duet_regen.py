@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mido
@@ -28,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from improvd import engine, sampler  # noqa: E402
+from improvd import engine  # noqa: E402
 from improvd.config import Config  # noqa: E402
 from improvd.model import StepModel  # noqa: E402
 from improvd.scheduler import raise_priority  # noqa: E402
@@ -48,9 +49,8 @@ def pct(values: list[float]) -> dict[str, float]:
 
 def run(seconds: float) -> dict[str, object]:
     model = StepModel(Config().model.path, device="cpu")
-    settings = engine.Settings(mode="duet", lookahead_ms=Config().engine.lookahead_ms)
-    duet = engine.Engine(model, sampler.Sampler(sampler.Settings(), np.random.default_rng(1)), settings,
-                         time.monotonic())
+    config = replace(Config(), engine=replace(Config().engine, mode="duet"))
+    duet = engine.Engine(model, config, np.random.default_rng(1), time.monotonic(), clock=time.perf_counter)
     work, late_at_submit, per_event_messages = [], [], []
     events: list[tuple[float, mido.Message]] = []
     start = time.monotonic() + 0.5
@@ -65,8 +65,7 @@ def run(seconds: float) -> dict[str, object]:
             duet.poll(now)
             time.sleep(min(0.002, max(0.0, due - time.monotonic())))
         began = time.monotonic()
-        duet.heard(began)
-        reply = duet.on_message(message, began)
+        reply = duet.on_message(message, began, began)
         queued = time.monotonic()  # the rollback's cancel reaches the scheduler here
         reply.extend(duet.poll(queued))
         done = time.monotonic()  # ... and the regenerated messages here

@@ -10,31 +10,21 @@ winner is replayed into it), so throwing it away when the player comes back cost
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from improvd import vocab
+from improvd.config import SamplerConfig
 from improvd.model import State, StepModel
-from improvd.sampler import Grammar, Sampler
+from improvd.phrase import Phrase, Plan, ticks
+from improvd.sampler import Sampler
+from improvd.stream import Line, Stream
 
 log = logging.getLogger(__name__)
 
 MIN_PROFILE_S = 0.5  # densities of shorter stretches are noise: count them over this long
-
-
-@dataclass(frozen=True)
-class Weights:
-    """The score: fluency x mean log-probability (nats/event) + pitch_class x pitch-class
-    profile correlation - register x |mean pitch difference| (semitones) - density x
-    |log2 of the note-density ratio| - dynamics x |mean velocity difference| (MIDI units)."""
-
-    fluency: float = 1.0
-    pitch_class: float = 2.0
-    register: float = 0.25
-    density: float = 1.0
-    dynamics: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -55,61 +45,35 @@ class Profile:
         counts = np.bincount(pitches.astype(int) % 12, minlength=12).astype(float)
         return cls(counts, float(pitches.mean()), len(notes) / max(seconds, MIN_PROFILE_S), float(velocities.mean()))
 
-    def fit(self, phrase: Profile, weights: Weights) -> float:
-        """How well this answer fits ``phrase``: the score's terms other than fluency."""
+    def fit(self, phrase: Profile, weights: SamplerConfig) -> float:
+        """How well this answer fits ``phrase``: the score's terms other than fluency, with
+        the ``weight_*`` settings: weight_pitch_class x pitch-class profile correlation -
+        weight_register x |mean pitch difference| (semitones) - weight_density x |log2 of the
+        note-density ratio| - weight_dynamics x |mean velocity difference| (MIDI units)."""
         correlation = 0.0
         if self.pitch_classes.std() > 0 and phrase.pitch_classes.std() > 0:
             correlation = float(np.corrcoef(self.pitch_classes, phrase.pitch_classes)[0, 1])
-        return (weights.pitch_class * correlation
-                - weights.register * abs(self.mean_pitch - phrase.mean_pitch)
-                - weights.density * abs(np.log2(self.density / phrase.density))
-                - weights.dynamics * abs(self.mean_velocity - phrase.mean_velocity))
+        return (weights.weight_pitch_class * correlation
+                - weights.weight_register * abs(self.mean_pitch - phrase.mean_pitch)
+                - weights.weight_density * abs(np.log2(self.density / phrase.density))
+                - weights.weight_dynamics * abs(self.mean_velocity - phrase.mean_velocity))
 
 
 @dataclass
-class Line:
-    """One candidate: the stream as it would be if this answer were played, enough to
-    build its grammar mask, and what it has played so far."""
+class Candidate(Line):
+    """One candidate answer: its line, and what it has played so far."""
 
-    encoder: vocab.Encoder
-    own_notes: dict[int, int]
-    after_velocity: bool = False
     note_first: bool = True  # an answer opens on a note
     tokens: list[int] = field(default_factory=list)
     notes: list[tuple[int, int]] = field(default_factory=list)  # (pitch, velocity) onsets
     log_prob: float = 0.0
 
-    def grammar(self, end_tick: int) -> Grammar:
-        return Grammar(self.own_notes, frozenset(self.encoder.sounding), self.encoder.tick,
-                       self.encoder.velocity_bin, self.after_velocity, self.note_first, end_tick)
-
-    def apply(self, token: int, log_prob: float) -> None:
+    def play(self, token: int, log_prob: float) -> None:
         self.tokens.append(token)
         self.log_prob += log_prob
-        self.encoder.apply(token)
-        event = vocab.decode(token)
-        self.after_velocity = event.type is vocab.EventType.VELOCITY
+        event = self.apply(token)
         if event.type is vocab.EventType.NOTE_ON:
-            self.own_notes[event.value] = self.encoder.tick
-            self.note_first = False
-            velocity_bin = self.encoder.velocity_bin
-            bin_ = vocab.velocity_to_bin(vocab.DEFAULT_VELOCITY) if velocity_bin is None else velocity_bin
-            self.notes.append((event.value, vocab.bin_to_velocity(bin_)))
-        elif event.type is vocab.EventType.NOTE_OFF:
-            self.own_notes.pop(event.value, None)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Where the answer starts and ends, as the engine will play it."""
-
-    deadline: float
-    answer_end: float
-    output_offset: float  # output times are stream (grid) times plus this
-
-    @property
-    def end_tick(self) -> int:
-        return round((self.answer_end - self.output_offset) / vocab.TICK_S)
+            self.notes.append((event.value, self.velocity()))
 
 
 @dataclass(frozen=True)
@@ -129,23 +93,27 @@ class Choice:
 
 
 class Search:
-    """K candidate answers from one state, advanced a few steps per engine poll."""
+    """K candidate answers from one state, advanced a few steps per engine poll. It works on
+    copies: the stream it starts from is untouched. ``clock`` measures compute time."""
 
     def __init__(self, model: StepModel, sampler: Sampler, start: State, line: Line, plan: Plan,
-                 k: int, phrase: Profile | None, weights: Weights) -> None:
-        started = time.perf_counter()
-        self.model, self.sampler, self.plan, self.phrase, self.weights = model, sampler, plan, phrase, weights
+                 phrase: Profile | None, config: SamplerConfig, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        started = clock()
+        self.model, self.sampler, self.plan, self.phrase, self.weights = model, sampler, plan, phrase, config
         h, c, logits = start.h, start.c, start.logits
-        for token in vocab.time_shift_tokens(round(plan.deadline / vocab.TICK_S) - line.encoder.tick):
+        encoder = line.encoder.copy()
+        for token in vocab.time_shift_tokens(ticks(plan.deadline) - encoder.tick):
             logits, h, c = model.run([token], h, c)
-            line.encoder.apply(token)
-        self.lines = [Line(line.encoder.copy(), dict(line.own_notes)) for _ in range(k)]
+            encoder.apply(token)
+        k = config.candidates
+        self.lines = [Candidate(encoder.copy(), dict(line.own_notes)) for _ in range(k)]
         self.active = np.arange(k)  # rows of h/c/logits: the lines still short of the end
         self.h, self.c = np.repeat(h, k, axis=1), np.repeat(c, k, axis=1)
         self.logits = np.repeat(logits, k, axis=0)
         self.steps = 0
         self.ready_at: float | None = None
-        self.compute_s = time.perf_counter() - started
+        self.compute_s = clock() - started
 
     @property
     def done(self) -> bool:
@@ -153,7 +121,7 @@ class Search:
 
     def advance(self, steps: int, now: float) -> None:
         """Up to ``steps`` more events for every unfinished candidate."""
-        started = time.perf_counter()
+        started = self.clock()
         end_tick, end = self.plan.end_tick, self.plan.answer_end - self.plan.output_offset - 1e-9
         for _ in range(steps):
             if self.done:
@@ -164,35 +132,85 @@ class Search:
             shifted = self.logits - self.logits.max(axis=1, keepdims=True)
             log_probs = shifted[np.arange(len(tokens)), tokens] - np.log(np.exp(shifted).sum(axis=1))
             for line, token, log_prob in zip(lines, tokens, log_probs, strict=True):
-                line.apply(int(token), float(log_prob))
-            going = np.array([line.encoder.tick * vocab.TICK_S < end for line in lines])
+                line.play(int(token), float(log_prob))
+            going = np.array([line.time < end for line in lines])
             self.active = self.active[going]
             if going.any():
                 self.logits, self.h, self.c = self.model.run(tokens[going], self.h[:, going], self.c[:, going])
             self.steps += 1
         if self.done and self.ready_at is None:
             self.ready_at = now
-        self.compute_s += time.perf_counter() - started
+        self.compute_s += self.clock() - started
 
     def choose(self, now: float) -> Choice | None:
         """The best-scoring candidate so far (finished or not); None if none has a note yet."""
-        started = time.perf_counter()
+        started = self.clock()
         scores = np.array([self.score(line) for line in self.lines])
         scored = int(np.isfinite(scores).sum())
         if not scored:
             return None
         winner = int(np.argmax(scores))
         runner_up = np.sort(scores[np.isfinite(scores)])[-2] if scored > 1 else scores[winner]
-        compute_s = self.compute_s + time.perf_counter() - started
+        compute_s = self.compute_s + self.clock() - started
         return Choice(list(self.lines[winner].tokens), len(self.lines), scored, winner, float(scores[winner]),
                       float(scores[winner] - runner_up), self.done, self.steps, compute_s,
                       None if self.ready_at is None else now - self.ready_at)
 
-    def score(self, line: Line) -> float:
-        """fluency x mean log-probability + fit to the phrase; -inf for a line with no note."""
-        seconds = (line.encoder.tick - round(self.plan.deadline / vocab.TICK_S)) * vocab.TICK_S
+    def score(self, line: Candidate) -> float:
+        """weight_fluency x mean log-probability (nats/event) + fit to the phrase; -inf for
+        a line with no note."""
+        seconds = (line.encoder.tick - ticks(self.plan.deadline)) * vocab.TICK_S
         profile = Profile.of(line.notes, seconds)
         if profile is None:
             return -np.inf
         fit = 0.0 if self.phrase is None else profile.fit(self.phrase, self.weights)
-        return self.weights.fluency * line.log_prob / len(line.tokens) + fit
+        return self.weights.weight_fluency * line.log_prob / len(line.tokens) + fit
+
+
+class Candidates:
+    """Best-of-K for the engine: a search started the moment the player falls silent,
+    advanced ``steps`` events per poll so input is never kept waiting, and its winner taken
+    when the answer starts. Off (sampled as it plays) with one candidate."""
+
+    def __init__(self, model: StepModel, sampler: Sampler, config: SamplerConfig, steps: int,
+                 clock: Callable[[], float]) -> None:
+        self.model, self.sampler, self.config, self.steps, self.clock = model, sampler, config, steps, clock
+        self.on = config.candidates > 1
+        self.search: Search | None = None  # candidate answers for the coming deadline
+        self.choice: Choice | None = None  # the last choice, until taken
+
+    def drop(self) -> None:
+        """The stream changed under the search: candidates from before are stale."""
+        self.search = None
+
+    def pending(self) -> bool:
+        return self.search is None or not self.search.done
+
+    def advance(self, stream: Stream, phrase: Phrase, plan: Plan, now: float) -> Search:
+        """Start the search for ``plan`` from the stream as it stands, or take it further."""
+        if self.search is None:
+            profile = Profile.of(phrase.notes, phrase.length())
+            self.search = Search(self.model, self.sampler, stream.state, stream.line, plan, profile, self.config,
+                                 self.clock)
+        self.search.advance(self.steps, now)
+        return self.search
+
+    def choose(self, plan: Plan, now: float) -> list[int]:
+        """The best candidate's events if a search for ``plan`` has one; else none, and the
+        answer is sampled as it plays."""
+        search, self.search = self.search, None
+        if search is None or search.plan != plan:
+            return []
+        self.choice = c = search.choose(now)
+        if c is None:
+            return []
+        log.debug("answer chosen among %d candidates (%d scored, %s after %d steps): #%d, score %.3f, margin %.3f; "
+                  "generation %.1f ms, ready %s before the answer starts", c.candidates, c.scored,
+                  "complete" if c.complete else "partial", c.steps, c.winner, c.score, c.margin, c.compute_s * 1e3,
+                  "never" if c.slack_s is None else f"{c.slack_s * 1e3:.0f} ms")
+        return list(c.tokens)
+
+    def take_choice(self) -> Choice | None:
+        """The choice made since the last call, for telemetry."""
+        choice, self.choice = self.choice, None
+        return choice

@@ -160,6 +160,27 @@ SECTIONS: dict[str, type] = {
     f.name: f.default_factory for f in fields(Config) if f.name not in ("source", "overridden")
 }
 
+
+def choices(section: type, key: str) -> tuple[str, ...]:
+    """The values ``section.key`` accepts, for command-line flags and checks elsewhere."""
+    return section.__dataclass_fields__[key].metadata["rule"].choices
+
+
+@dataclass
+class Live:
+    """The few values a musician turns while playing (by CC); they start from the config.
+
+    A new knob is a field here and a line in ``of``."""
+
+    mode: str
+    temperature: float
+    answer_ratio: float
+
+    @classmethod
+    def of(cls, config: Config) -> Live:
+        return cls(mode=config.engine.mode, temperature=config.sampler.temperature,
+                   answer_ratio=config.engine.answer_ratio)
+
 _EXPECTED = {
     bool: "a boolean",
     int: "an integer",
@@ -259,6 +280,18 @@ def format_config(config: Config) -> str:
         lines += ["", f"[{name}]"]
         lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section)]
     return "\n".join(lines) + "\n"
+
+
+def changed_settings(old: Config, new: Config) -> list[str]:
+    """``section.key: old -> new`` for every setting that differs (a reload's log line)."""
+    changes = []
+    for name in SECTIONS:
+        before, after = getattr(old, name), getattr(new, name)
+        for f in fields(before):
+            was, now = getattr(before, f.name), getattr(after, f.name)
+            if was != now:
+                changes.append(f"{name}.{f.name}: {_toml_value(was)} -> {_toml_value(now)}")
+    return changes
 
 
 def _find_config_file(env: Mapping[str, str] | None) -> Path | None:

@@ -19,14 +19,13 @@ from pathlib import Path
 import mido
 
 from improvd import candidates as candidates_module
-from improvd import engine as engine_module
-from improvd import sampler as sampler_module
-from improvd.config import Config, load_config
+from improvd.config import Config, changed_settings, load_config
 from improvd.engine import Engine, Reply, Timed
 from improvd.errors import ImprovdError, PortError
 from improvd.model import StepModel
 from improvd.notify import Notifier
 from improvd.ports import InputPort, Midi, OutputPort, backend
+from improvd.sampler import make_rng
 from improvd.scheduler import Scheduler, all_notes_off, raise_priority
 from improvd.seed import read_seed
 from improvd.telemetry import Telemetry
@@ -45,36 +44,8 @@ STUCK_WINDOW_S = 3.0  # how long after that they are watched for it
 SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms GIL slice would make the scheduler late
 
 
-def engine_settings(config: Config) -> engine_module.Settings:
-    e, p, c = config.engine, config.ports, config.controls
-    return engine_module.Settings(
-        mode=e.mode, silence_ms=e.silence_ms, min_answer_s=e.min_answer_s, max_answer_s=e.max_answer_s,
-        answer_ratio=e.answer_ratio, lookahead_ms=e.lookahead_ms,
-        input_channels=frozenset(ch - 1 for ch in p.input_channels), output_channel=p.output_channel - 1,
-        passthrough=p.passthrough, temperature_cc=c.temperature_cc, answer_length_cc=c.answer_length_cc,
-        mode_cc=c.mode_cc, panic_cc=c.panic_cc, clock=c.clock, candidates=config.sampler.candidates,
-        weights=weights(config),
-    )
-
-
-def weights(config: Config) -> candidates_module.Weights:
-    s = config.sampler
-    return candidates_module.Weights(fluency=s.weight_fluency, pitch_class=s.weight_pitch_class,
-                                     register=s.weight_register, density=s.weight_density,
-                                     dynamics=s.weight_dynamics)
-
-
-def sampler_settings(config: Config) -> sampler_module.Settings:
-    s = config.sampler
-    return sampler_module.Settings(
-        temperature=s.temperature, top_p=s.top_p, max_polyphony=s.max_polyphony,
-        max_note_s=s.max_note_s, pitch_low=s.pitch_low, pitch_high=s.pitch_high,
-    )
-
-
-def build_engine(config: Config, model: StepModel, now: float) -> Engine:
-    sampler = sampler_module.Sampler(sampler_settings(config), engine_module.make_rng(config.engine.seed))
-    return Engine(model, sampler, engine_settings(config), now)
+def build_engine(config: Config, model: StepModel, now: float, **options) -> Engine:
+    return Engine(model, config, make_rng(config.engine.seed), now, clock=time.perf_counter, **options)
 
 
 class Inbox:
@@ -122,9 +93,9 @@ class Inbox:
 class Daemon:
     def __init__(self, config: Config, seed_file: Path | None = None, seed_track: int | None = None,
                  length: float | None = None, config_path: Path | None = None,
-                 overrides: dict | None = None) -> None:
+                 overrides: dict | None = None, seed_from: float | None = None) -> None:
         self.config = config
-        self.seed_file, self.seed_track, self.length = seed_file, seed_track, length
+        self.seed_file, self.seed_track, self.length, self.seed_from = seed_file, seed_track, length, seed_from
         self.config_path, self.overrides = config_path, overrides or {}
         self.telemetry = Telemetry()
         self.notifier = Notifier()
@@ -167,7 +138,7 @@ class Daemon:
         opens, so a bad one never leaves dangling ports."""
         failure: str | None = None
         try:
-            seed = read_seed(self.seed_file, self.seed_track) if self.seed_file else None
+            seed = read_seed(self.seed_file, self.seed_track, self.seed_from) if self.seed_file else None
             self.model = StepModel(self.config.model.path, self.config.model.device)
             self._open_ports()
             # The seed is folded in as if just played, ending now: the engine's stream must open
@@ -222,7 +193,7 @@ class Daemon:
         self.scheduler.submit(Reply(messages))
         if seed is not None:
             log.info("seed %s: %d messages, %.1f s", self.seed_file, len(seed), seed[-1][0] if seed else 0)
-            self.scheduler.submit(self.engine.seed(seed, now, self.length))
+            self.scheduler.submit(self.engine.prime(seed, now, self.length))
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -239,8 +210,7 @@ class Daemon:
             wake = self.engine.next_wakeup(now)
             timeout = LOOP_MAX_WAIT_S if wake is None else min(LOOP_MAX_WAIT_S, max(0.0, wake - now))
             for arrival, message in self.inbox.take(timeout, INPUT_BATCH):
-                self.engine.heard(time.monotonic())
-                self.scheduler.submit(self.engine.on_message(message, arrival))
+                self.scheduler.submit(self.engine.on_message(message, arrival, time.monotonic()))
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             # Silence is judged at the oldest input still queued, not at the clock.
             self.scheduler.submit(self.engine.poll(min(time.monotonic(), self.inbox.oldest())))
@@ -385,7 +355,10 @@ class Daemon:
             model = StepModel(config.model.path, config.model.device)
         except Exception as err:  # noqa: BLE001 - whatever is wrong with the new one, the old one plays on
             text = str(err) if isinstance(err, ImprovdError) else f"{type(err).__name__}: {err}"
-            log.error("reload refused, keeping the running configuration: %s", text.replace("\n", "; "))
+            first, *problems = text.split("\n")  # one line per problem, each at error priority
+            log.error("reload refused, keeping the running configuration: %s", first)
+            for problem in problems:
+                log.error("%s", problem)
             self.notifier.ready(self.status())
             return
         if replace(config.ports, reconnect_s=0) != replace(self.config.ports, reconnect_s=0):
@@ -396,9 +369,11 @@ class Daemon:
         logging.getLogger().setLevel(config.log.level.upper())
         self.scheduler.submit(self.engine.panic(time.monotonic()))
         self.scheduler.release_all()
+        changes = changed_settings(self.config, config)
         self.config, self.model = config, model
         self.engine = build_engine(config, model, time.monotonic())
-        log.info("reloaded %s: model %s", config.source, config.model.path)
+        log.info("reloaded %s (model %s): %s", config.source, config.model.path,
+                 ", ".join(changes) or "no setting changed")
         self.notifier.ready(self.status())
 
     # ---- status ----------------------------------------------------------------------------
@@ -407,11 +382,11 @@ class Daemon:
         engine = self.engine
         waiting = [f"JACK server gone for {time.monotonic() - self.server_lost_at:.0f} s, waiting for it"
                    ] if self.server_lost_at is not None else []
-        parts = waiting + [f"mode {engine.settings.mode if engine else self.config.engine.mode}",
+        parts = waiting + [f"mode {engine.live.mode if engine else self.config.engine.mode}",
                  f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
-        if engine is not None and engine.clock_bpm:
-            parts.append(f"clock {engine.clock_bpm:.0f} bpm")
-        if engine is not None and not engine.playing:
+        if engine is not None and engine.controls.clock_bpm:
+            parts.append(f"clock {engine.controls.clock_bpm:.0f} bpm")
+        if engine is not None and not engine.controls.playing:
             parts.append("stopped by MIDI clock")
         latency = self.telemetry.snapshot()["latency"]["phrase_end_to_first_note"]
         if latency["n"]:

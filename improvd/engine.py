@@ -2,104 +2,40 @@
 
 Pure by design: no threads, no ports, no clock of its own. Every call takes ``now`` (seconds
 on the caller's monotonic clock) and returns the messages to play with their times, so tests
-run it in simulated time, deterministically with a seeded RNG.
-
-The model hears one stream: the player's events and its own, in time order. Generated
-events run up to ``lookahead`` ahead of ``now``; before each one the state is journaled, so
-when the player comes in, everything not yet heard is thrown away by restoring the state
-at the first unplayed event, and the player's event is folded in after what really sounded.
+run it in simulated time, deterministically with a seeded RNG. Nothing handed in is changed:
+the musician's live knobs are the engine's own ``Live``. It coordinates small parts: the
+stream (what the model has heard, one sequence of the player's events and its own), the voice
+(what improvd generates ahead of time, journaled so the unheard part can be taken back), the
+phrase (when to answer, for how long), the controls (CCs, clock) and the candidates.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import mido
 import numpy as np
 
 from improvd import vocab
-from improvd.candidates import Choice, Line, Plan, Profile, Search, Weights
-from improvd.model import State, StepModel
-from improvd.sampler import Grammar, Sampler
+from improvd.candidates import Candidates, Choice, Search
+from improvd.config import Config, EngineConfig, Live, choices
+from improvd.controls import CLOCK_MESSAGES, PANIC, Controls
+from improvd.model import StepModel
+from improvd.phrase import Phrase
+from improvd.reply import Reply, Timed
+from improvd.sampler import Sampler
+from improvd.stream import Stream
+from improvd.voice import Voice
 
 log = logging.getLogger(__name__)
 
-MODES = ("call-response", "duet")
-ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic
+MODES = choices(EngineConfig, "mode")
 # Generated output resumes no sooner than this after ``now``: longer than regenerating the
 # lookahead takes (bench/duet_regen.py: p99 under 5 ms with both cores busy and SCHED_FIFO).
 REACTION_S = 0.02
-
-
-@dataclass
-class Settings:
-    mode: str = "call-response"
-    silence_ms: float = 500.0
-    min_answer_s: float = 2.0
-    max_answer_s: float = 8.0
-    answer_ratio: float = 1.0
-    lookahead_ms: float = 250.0
-    input_channels: frozenset[int] = frozenset()  # 0-based; empty = every channel
-    output_channel: int = 0  # 0-based
-    passthrough: bool = False
-    temperature_cc: int = 1
-    answer_length_cc: int = 2
-    mode_cc: int = 80
-    panic_cc: int = 123
-    clock: bool = True
-    candidates: int = 1  # call-response answers chosen among this many; 1: sampled as they play
-    weights: Weights = field(default_factory=Weights)
-    candidate_steps: int = 2  # candidate events per poll: small, so input is never kept waiting
-
-
-@dataclass(frozen=True)
-class Timed:
-    """A message to send at ``time``; ``answer_deadline`` marks an answer's first note,
-    ``passthrough`` the player's own notes echoed to the output."""
-
-    time: float
-    message: mido.Message
-    answer_deadline: float | None = None
-    passthrough: bool = False
-
-
-@dataclass
-class Reply:
-    """What the scheduler must do: drop what it holds for later than ``cancel_after``;
-    if ``release``, drop every generated message it holds and release every generated
-    note still sounding; then play ``messages``."""
-
-    messages: list[Timed] = field(default_factory=list)
-    cancel_after: float | None = None
-    release: bool = False
-
-    def extend(self, other: Reply) -> Reply:
-        if other.cancel_after is not None:
-            earlier = other.cancel_after if self.cancel_after is None else min(self.cancel_after, other.cancel_after)
-            self.cancel_after = earlier
-            self.messages = [m for m in self.messages if m.time <= other.cancel_after]
-        self.release |= other.release
-        self.messages += other.messages
-        return self
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    model: State
-    encoder: vocab.Encoder
-    own_notes: dict[int, int]
-    after_velocity: bool
-    note_first: bool
-    first_note_pending: bool
-
-
-@dataclass(frozen=True)
-class _JournalEntry:
-    heard_at: float  # when the token's effect has sounded (a shift: when it ends)
-    before: _Snapshot
+CANDIDATE_STEPS = 2  # candidate events per poll: small, so input is never kept waiting
 
 
 @dataclass
@@ -112,52 +48,129 @@ class Counters:
     rollbacks: int = 0
 
 
-def _ticks(seconds: float) -> int:
-    return round(seconds / vocab.TICK_S)
-
-
 class Engine:
-    def __init__(self, model: StepModel, sampler: Sampler, settings: Settings, now: float) -> None:
-        self.model = model
-        self.sampler = sampler
-        self.settings = settings
+    """Reads top to bottom: what the daemon calls, then input, then the stream and the answer.
+    ``clock`` measures the candidates' compute time; ``candidate_steps`` is how far they
+    go per poll (offline, with no clock to race, as far as they need)."""
+
+    def __init__(self, model: StepModel, config: Config, rng: np.random.Generator, now: float, *,
+                 clock: Callable[[], float], candidate_steps: int = CANDIDATE_STEPS) -> None:
+        self.config = config
+        self.live = Live.of(config)
         self.counters = Counters()
-        self.playing = True  # MIDI clock Stop pauses, Start/Continue resumes
-        self.clock_bpm: float | None = None
-        self._last_clock: float | None = None
-        self.model.reset(1)
+        self.input_channels = frozenset(ch - 1 for ch in config.ports.input_channels)  # 0-based; empty: all
+        self.sampler = Sampler(config.sampler, self.live, rng)
+        self.controls = Controls(config.controls)
+        self.phrase = Phrase(config.engine, self.live, now)
+        self.candidates = Candidates(model, self.sampler, config.sampler, candidate_steps, clock)
         # The stream opens with the one-second gap training puts between pieces.
-        self.encoder = vocab.Encoder(now - vocab.MAX_SHIFT_TICKS * vocab.TICK_S)
-        self.own_notes: dict[int, int] = {}
-        self.after_velocity = False
-        self.note_first = False
-        self.first_note_pending = False
-        self.journal: list[_JournalEntry] = []
-        self.answering = False
-        # The answer starts exactly on the silence deadline, not on the 10 ms grid the
-        # model counts time in: output times are grid times plus this offset (< 5 ms).
-        self.output_offset = 0.0
-        self.answer_end = 0.0
-        self.answer_deadline = 0.0
-        self.next_answer_length: float | None = None
-        self.phrase_start: float | None = None
-        self._phrase_start_before_answer: float | None = None
-        self.last_player_time = now
-        self.phrase_notes: list[tuple[int, int]] = []  # (pitch, velocity) of the phrase's notes
-        self.search: Search | None = None  # candidate answers for the coming deadline
-        self.script: deque[int] = deque()  # the chosen answer's events, not yet played
-        self.choice: Choice | None = None  # the last choice, until the daemon takes it
-        self._fold(self.encoder.advance(now))
+        self.stream = Stream(model, now - vocab.MAX_SHIFT_TICKS * vocab.TICK_S, config.ports.output_channel - 1)
+        self.voice = Voice(self.stream, self.sampler, self.counters)
+        self._fold(self.stream.encoder.advance(now))
 
     # ---- what the daemon calls ---------------------------------------------------------
 
-    def on_message(self, message: mido.Message, now: float) -> Reply:
-        """A message from the player, arriving at ``now``. Never raises on odd input."""
+    def on_message(self, message: mido.Message, arrival: float, now: float) -> Reply:
+        """A message from the player that arrived at ``arrival``, handled at ``now``: what
+        has sounded by ``now`` is never taken back. Never raises on odd input."""
+        self.voice.journal.heard(now)
+        return self._hear(message, arrival)
+
+    def poll(self, now: float) -> Reply:
+        """Start an answer when the player has gone quiet, and keep generation ``lookahead``
+        ahead of ``now``."""
+        self.voice.journal.heard(now)
+        if not self.controls.playing:
+            return Reply()
+        reply = Reply()
+        if self.live.mode == "call-response" and not self.voice.answering:
+            if self.candidates.on:
+                self.search_answer(now)
+            deadline = self.silence_deadline()
+            if deadline is not None and now >= deadline - self._lookahead():
+                self._start_answer(deadline, now)
+        if self.voice.answering or self.live.mode == "duet":
+            self.voice.resume_no_sooner_than(now + REACTION_S)
+            reply.messages += self.voice.generate_until(now + self._lookahead())
+        return reply
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When ``poll`` next has work to do; None while only input can change anything."""
+        if not self.controls.playing:
+            return None
+        if self.voice.answering or self.live.mode == "duet":
+            return max(now, self.stream.time - self._lookahead() / 2)
+        deadline = self.silence_deadline()
+        if deadline is None:
+            return None
+        if self.candidates.on and self.candidates.pending():
+            return now  # candidates to advance
+        return max(now, deadline - self._lookahead())
+
+    def search_answer(self, now: float) -> Search | None:
+        """Advance the candidate answers for the coming silence deadline, as ``poll`` does
+        while the player is silent; they must be ready ``lookahead`` before the deadline,
+        so None after that or while the phrase goes on."""
+        deadline = self.silence_deadline()
+        if deadline is None or now >= deadline - self._lookahead():
+            return None
+        return self.candidates.advance(self.stream, self.phrase, self.phrase.plan(deadline), now)
+
+    def take_choice(self) -> Choice | None:
+        """The candidate choice made since the last call, for telemetry."""
+        return self.candidates.take_choice()
+
+    def silence_deadline(self) -> float | None:
+        return self.phrase.deadline(self.stream.line.player_keys_down())
+
+    def prime(self, messages: list[tuple[float, mido.Message]], now: float, length: float | None) -> Reply:
+        """Prime the state with a motif as if it had just been played, ending at ``now``;
+        the answer that follows lasts ``length`` seconds (or follows the phrase)."""
+        if not messages:
+            return Reply()
+        end = messages[-1][0]
+        reply = Reply()
+        for time, message in messages:
+            reply.extend(self._hear(message, now - end + time))
+        self.phrase.next_length = length
+        return reply
+
+    def release_player(self, now: float) -> Reply:
+        """The input port went away: lift the player's keys and pedal, which will never
+        send their own releases, so that silence can be heard again."""
+        self.voice.journal.heard(now)
+        encoder = self.stream.encoder
+        held = sorted(encoder.sounding - self.stream.line.own_notes.keys())
+        channel = min(self.input_channels, default=0)
+        releases = [mido.Message("note_off", note=pitch, channel=channel) for pitch in held]
+        if encoder.pedal_down:
+            releases.insert(0, mido.Message("control_change", control=vocab.SUSTAIN_CC, value=0, channel=channel))
+        reply = Reply()
+        for message in releases:
+            reply.extend(self._hear(message, now))
+        return reply
+
+    def panic(self, now: float) -> Reply:
+        """Stop the current answer or duet line and release its notes."""
+        self.phrase.end()
+        return self._stop_generating(now, rollback=True)
+
+    def set_mode(self, mode: str, now: float) -> Reply:
+        if mode not in MODES or mode == self.live.mode:
+            return Reply()
+        log.info("mode: %s -> %s", self.live.mode, mode)
+        reply = self.panic(now)
+        self.live.mode = mode
+        return reply
+
+    # ---- input ---------------------------------------------------------------------------
+
+    def _hear(self, message: mido.Message, now: float) -> Reply:
         kind = message.type
-        if kind in ("start", "continue", "stop", "clock"):
-            return self._clock(kind, now)
+        if kind in CLOCK_MESSAGES:
+            return self.panic(now) if self.controls.clock(kind, now) == PANIC else Reply()
         channel = getattr(message, "channel", None)
-        if channel is None or (self.settings.input_channels and channel not in self.settings.input_channels):
+        if channel is None or (self.input_channels and channel not in self.input_channels):
             self.counters.messages_ignored += 1
             return Reply()
         if kind == "control_change" and message.control != vocab.SUSTAIN_CC:
@@ -166,349 +179,69 @@ class Engine:
             self.counters.messages_ignored += 1
             return Reply()
         reply = Reply()
-        if self.settings.passthrough and kind != "control_change":
+        if self.config.ports.passthrough and kind != "control_change":
             reply.messages.append(Timed(now, message, passthrough=True))
-        now = max(now, self._committed_time())
-        probe = self.encoder.copy()
-        if not probe.feed(message, now) and vars(probe) == vars(self.encoder):
+        now = max(now, self.voice.committed_time())
+        probe = self.stream.encoder.copy()
+        if not probe.feed(message, now) and vars(probe) == vars(self.stream.encoder):
             return reply  # changes nothing: a NOTE_OFF for a key that is not down, a repeated pedal value
-        is_strike = kind == "note_on" and message.velocity > 0
         reply.extend(self._rollback(now))
-        if is_strike:
+        if kind == "note_on" and message.velocity > 0:
             self.counters.notes_in += 1
-            if self.answering and self.settings.mode == "call-response":
+            if self.voice.answering and self.live.mode == "call-response":
                 self.counters.barge_ins += 1
                 reply.extend(self._stop_generating(now))
-            if self.phrase_start is None:
-                self.phrase_start = now
-                self.phrase_notes = []
-            self.phrase_notes.append((message.note, message.velocity))
-        self._fold(self.encoder.feed(message, now))
-        self.last_player_time = now
+            self.phrase.strike(message.note, message.velocity, now)
+        self._fold(self.stream.encoder.feed(message, now))
+        self.phrase.last_heard = now
         return reply
-
-    def poll(self, now: float) -> Reply:
-        """Start an answer when the player has gone quiet, and keep generation ``lookahead``
-        ahead of ``now``."""
-        self.heard(now)
-        if not self.playing:
-            return Reply()
-        reply = Reply()
-        if self.settings.mode == "call-response" and not self.answering:
-            deadline = self.silence_deadline()
-            if deadline is not None and self.settings.candidates > 1:
-                self._search(deadline, now)
-            if deadline is not None and now >= deadline - self._lookahead():
-                self._start_answer(deadline, now)
-        if self.answering or self.settings.mode == "duet":
-            self._resume_no_sooner_than(now + REACTION_S)
-            reply.messages += self._generate_until(now + self._lookahead())
-        return reply
-
-    def next_wakeup(self, now: float) -> float | None:
-        """When ``poll`` next has work to do; None while only input can change anything."""
-        if not self.playing:
-            return None
-        if self.answering or self.settings.mode == "duet":
-            return max(now, self._stream_time() - self._lookahead() / 2)
-        deadline = self.silence_deadline()
-        if deadline is None:
-            return None
-        if self.settings.candidates > 1 and (self.search is None or not self.search.done):
-            return now  # candidates to advance
-        return max(now, deadline - self._lookahead())
-
-    def take_choice(self) -> Choice | None:
-        """The candidate choice made since the last call, for telemetry."""
-        choice, self.choice = self.choice, None
-        return choice
-
-    def silence_deadline(self) -> float | None:
-        """When the player's phrase counts as ended: ``silence_ms`` after the last event,
-        with every key up (a held note or pedal is not silence)."""
-        if self.phrase_start is None or self._player_keys_down():
-            return None
-        return self.last_player_time + self.settings.silence_ms / 1000
-
-    def seed(self, messages: list[tuple[float, mido.Message]], now: float, length: float | None) -> Reply:
-        """Prime the state with a motif as if it had just been played, ending at ``now``;
-        the answer that follows lasts ``length`` seconds (or follows the phrase)."""
-        if not messages:
-            return Reply()
-        end = messages[-1][0]
-        reply = Reply()
-        for time, message in messages:
-            reply.extend(self.on_message(message, now - end + time))
-        self.next_answer_length = length
-        return reply
-
-    def release_player(self, now: float) -> Reply:
-        """The input port went away: lift the player's keys and pedal, which will never
-        send their own releases, so that silence can be heard again."""
-        self.heard(now)
-        held = sorted(self.encoder.sounding - self.own_notes.keys())
-        reply = Reply()
-        channel = min(self.settings.input_channels, default=0)
-        if self.encoder.pedal_down:
-            reply.extend(self.on_message(mido.Message("control_change", control=vocab.SUSTAIN_CC, value=0,
-                                                      channel=channel), now))
-        for pitch in held:
-            reply.extend(self.on_message(mido.Message("note_off", note=pitch, channel=channel), now))
-        return reply
-
-    def panic(self, now: float) -> Reply:
-        """Stop the current answer or duet line and release its notes."""
-        self.phrase_start = None
-        return self._stop_generating(now, rollback=True)
-
-    def set_mode(self, mode: str, now: float) -> Reply:
-        if mode not in MODES or mode == self.settings.mode:
-            return Reply()
-        log.info("mode: %s -> %s", self.settings.mode, mode)
-        reply = self.panic(now)
-        self.settings.mode = mode
-        return reply
-
-    # ---- controls ------------------------------------------------------------------------
 
     def _control(self, control: int, value: int, now: float) -> Reply:
-        s = self.settings
-        if control == s.panic_cc or control in ALL_NOTES_OFF_CCS:
-            return self.panic(now)
-        if control == s.temperature_cc:
-            # 0..127 -> 0.25..2.0, logarithmic so the middle of the knob is 0.7.
-            self.sampler.settings.temperature = 0.25 * 8 ** (value / 127)
-        elif control == s.answer_length_cc:
-            s.answer_ratio = 0.25 * 16 ** (value / 127)  # a quarter .. four times the phrase
-        elif control == s.mode_cc:
-            return self.set_mode("duet" if value >= 64 else "call-response", now)
-        else:
+        request = self.controls.control(control, value)
+        if request is None:
             self.counters.messages_ignored += 1
-        return Reply()
-
-    def _clock(self, kind: str, now: float) -> Reply:
-        if kind == "clock":
-            if self._last_clock is not None and now > self._last_clock:
-                bpm = 60 / (24 * (now - self._last_clock))
-                self.clock_bpm = bpm if self.clock_bpm is None else 0.9 * self.clock_bpm + 0.1 * bpm
-            self._last_clock = now
             return Reply()
-        if not self.settings.clock:
-            return Reply()
-        if kind == "stop":
-            reply = self.panic(now)
-            self.playing = False
-            return reply
-        self.playing = True
+        name, setting = request
+        if name == PANIC:
+            return self.panic(now)
+        if name == "mode":
+            return self.set_mode(setting, now)
+        setattr(self.live, name, setting)
         return Reply()
 
     # ---- the stream ------------------------------------------------------------------------
 
     def _lookahead(self) -> float:
-        return self.settings.lookahead_ms / 1000
-
-    def _stream_time(self) -> float:
-        return self.encoder.tick * vocab.TICK_S
-
-    def _committed_time(self) -> float:
-        """Player events cannot be placed before generated events that already sounded."""
-        return self.journal[0].before.encoder.tick * vocab.TICK_S if self.journal else self._stream_time()
-
-    def _player_keys_down(self) -> bool:
-        return bool(self.encoder.sounding - self.own_notes.keys())
+        return self.config.engine.lookahead_ms / 1000
 
     def _fold(self, tokens: list[int]) -> None:
-        self.search = None  # the stream changes under it: candidates from before are stale
-        for token in tokens:
-            self.model.step([token])
-
-    def _snapshot(self) -> _Snapshot:
-        return _Snapshot(self.model.snapshot(), self.encoder.copy(), dict(self.own_notes),
-                         self.after_velocity, self.note_first, self.first_note_pending)
-
-    def _restore(self, snapshot: _Snapshot) -> None:
-        self.model.restore(snapshot.model)
-        self.encoder = snapshot.encoder.copy()
-        self.own_notes = dict(snapshot.own_notes)
-        self.after_velocity = snapshot.after_velocity
-        self.note_first = snapshot.note_first
-        self.first_note_pending = snapshot.first_note_pending
-        self.script.clear()
-
-    def heard(self, now: float) -> None:
-        """Forget the snapshots of events that have sounded by ``now``: they can no longer
-        be undone. The daemon calls it with the real time before handing over input that
-        arrived earlier, so a rollback never takes back a note already sent."""
-        heard = 0
-        while heard < len(self.journal) and self.journal[heard].heard_at <= now:
-            heard += 1
-        del self.journal[:heard]
+        self.candidates.drop()  # the stream changes under them
+        self.stream.fold(tokens)
 
     def _rollback(self, now: float) -> Reply:
         """Throw away every generated event not yet heard at ``now``."""
-        self.heard(now)
-        if not self.journal:
+        if not self.voice.take_back(now):
             return Reply()
         self.counters.rollbacks += 1
-        self._restore(self.journal[0].before)
-        self.journal.clear()
-        if self.settings.mode == "call-response":
-            time = self._stream_time() + self.output_offset
-            if time < self.answer_deadline - 1e-9:  # the answer had not begun: nothing sounded
-                self.answering = False
-                self.phrase_start = self._phrase_start_before_answer
+        if self.live.mode == "call-response":
+            if self.voice.time < self.voice.plan.deadline - 1e-9:  # the answer had not begun: nothing sounded
+                self.voice.answering = False
+                self.phrase.unanswered()
                 self.counters.answers -= 1
             else:  # resume where it was heard up to, ending it if its end was reached
-                self.answering = time < self.answer_end or bool(self.own_notes)
+                self.voice.answering = self.voice.time < self.voice.plan.answer_end or bool(self.stream.line.own_notes)
         return Reply(cancel_after=now)
 
     def _stop_generating(self, now: float, rollback: bool = False) -> Reply:
         """End the answer or duet line at ``now``: its sounding notes are released, in the
         state as in the room."""
         reply = self._rollback(now) if rollback else Reply()
-        self.answering = False
-        self.output_offset = 0.0
-        self.script.clear()
-        self._fold(self.encoder.advance(now))
-        for pitch in sorted(self.own_notes):
-            self._apply(vocab.NOTE_OFF_OFFSET + pitch)
-        self.own_notes.clear()
+        self._fold(self.stream.encoder.advance(now))
+        self.voice.stop()
         return reply.extend(Reply(cancel_after=now, release=True))
 
-    def _phrase_length(self) -> float:
-        start = self.last_player_time if self.phrase_start is None else self.phrase_start
-        return max(0.0, self.last_player_time - start)
-
-    def _plan(self, deadline: float) -> Plan:
-        s = self.settings
-        length = self.next_answer_length
-        if length is None:
-            length = min(max(s.answer_ratio * self._phrase_length(), s.min_answer_s), s.max_answer_s)
-        return Plan(deadline, deadline + length, deadline - _ticks(deadline) * vocab.TICK_S)
-
-    def _search(self, deadline: float, now: float) -> None:
-        """Advance the candidate answers for ``deadline``, started the moment silence begins;
-        they must be ready when the answer starts, ``lookahead`` before the deadline."""
-        if now >= deadline - self._lookahead():
-            return
-        if self.search is None:
-            line = Line(self.encoder.copy(), dict(self.own_notes))
-            phrase = Profile.of(self.phrase_notes, self._phrase_length())
-            start = State(self.model.h, self.model.c, self.model.logits)
-            self.search = Search(self.model, self.sampler, start, line, self._plan(deadline),
-                                 self.settings.candidates, phrase, self.settings.weights)
-        self.search.advance(self.settings.candidate_steps, now)
-
-    def _choose(self, plan: Plan, now: float) -> None:
-        """Script the best candidate ready for ``plan``; with none, the answer is sampled."""
-        search, self.search = self.search, None
-        if search is None or search.plan != plan:
-            return
-        self.choice = search.choose(now)
-        if self.choice is None:
-            return
-        self.script = deque(self.choice.tokens)
-        c = self.choice
-        log.debug("answer chosen among %d candidates (%d scored, %s after %d steps): #%d, score %.3f, margin %.3f; "
-                  "generation %.1f ms, ready %s before the answer starts", c.candidates, c.scored,
-                  "complete" if c.complete else "partial", c.steps, c.winner, c.score, c.margin, c.compute_s * 1e3,
-                  "never" if c.slack_s is None else f"{c.slack_s * 1e3:.0f} ms")
-
     def _start_answer(self, deadline: float, now: float) -> None:
-        plan = self._plan(deadline)
-        self.next_answer_length = None
-        if self.settings.candidates > 1:
-            self._choose(plan, now)
-        self.answering = True
-        self.answer_deadline = deadline
-        self.output_offset = plan.output_offset
-        self.answer_end = plan.answer_end
-        self._phrase_start_before_answer = self.phrase_start
-        self.phrase_start = None
+        plan = self.phrase.plan(deadline)
+        self.phrase.answered()
         self.counters.answers += 1
-        for token in vocab.time_shift_tokens(_ticks(deadline) - self.encoder.tick):
-            self._journal_and_apply(token)
-        self.note_first = True  # the answer opens on a note at the deadline, not a pause
-        self.first_note_pending = True
-
-    def _resume_no_sooner_than(self, time: float) -> None:
-        """After a rollback the stream stands at the player's event, i.e. at ``now`` or up to
-        half a tick before it: an event sampled there would be due before it exists (the
-        whole lookahead is generated before any of it is queued), so it could only be sent
-        late. Time moves on to ``time`` first, in the state as in the room."""
-        gap = math.ceil((time - self.output_offset) / vocab.TICK_S - 1e-9) - self.encoder.tick
-        for token in vocab.time_shift_tokens(gap):
-            self._journal_and_apply(token)
-
-    def _generate_until(self, until: float) -> list[Timed]:
-        messages: list[Timed] = []
-        while True:
-            time = self._stream_time()
-            if self.answering and time + self.output_offset >= self.answer_end - 1e-9:
-                messages += self._finish_answer()
-                break
-            if time >= until:
-                break
-            grammar = Grammar(self.own_notes, frozenset(self.encoder.sounding), self.encoder.tick,
-                              self.encoder.velocity_bin, self.after_velocity, self.note_first,
-                              _ticks(self.answer_end - self.output_offset) if self.answering else None)
-            token = self._scripted(grammar)
-            if token is None:
-                token = self.sampler.sample(self.model.logits[0], grammar)
-            message = self._journal_and_apply(token)
-            if message is not None:
-                deadline = None
-                if message.type == "note_on" and self.first_note_pending:
-                    self.first_note_pending = False
-                    deadline = self.answer_deadline
-                messages.append(Timed(time + self.output_offset, message, deadline))
-        return messages
-
-    def _scripted(self, grammar: Grammar) -> int | None:
-        """The chosen answer's next event, while it lasts and the grammar still allows it;
-        after it, the answer goes on sampled from where the chosen one got to."""
-        if not self.script:
-            return None
-        token = self.script.popleft()
-        if self.sampler.mask(grammar)[token]:
-            return token
-        self.script.clear()
-        return None
-
-    def _finish_answer(self) -> list[Timed]:
-        self.answering = False
-        self.script.clear()
-        time = self._stream_time() + self.output_offset
-        return [Timed(time, m) for m in (self._journal_and_apply(vocab.NOTE_OFF_OFFSET + p)
-                                         for p in sorted(self.own_notes)) if m is not None]
-
-    def _journal_and_apply(self, token: int) -> mido.Message | None:
-        before = self._snapshot()
-        message = self._apply(token)
-        self.journal.append(_JournalEntry(self._stream_time() + self.output_offset, before))
-        return message
-
-    def _apply(self, token: int) -> mido.Message | None:
-        """Feed a generated token to the model and the stream; the MIDI message it plays."""
-        self.model.step([token])
-        self.encoder.apply(token)
-        event = vocab.decode(token)
-        self.after_velocity = event.type is vocab.EventType.VELOCITY
-        channel = self.settings.output_channel
-        if event.type is vocab.EventType.NOTE_ON:
-            self.own_notes[event.value] = self.encoder.tick
-            self.note_first = False
-            self.counters.notes_out += 1
-            velocity = vocab.bin_to_velocity(self.encoder.velocity_bin
-                                             if self.encoder.velocity_bin is not None
-                                             else vocab.velocity_to_bin(vocab.DEFAULT_VELOCITY))
-            return mido.Message("note_on", note=event.value, velocity=velocity, channel=channel)
-        if event.type is vocab.EventType.NOTE_OFF:
-            self.own_notes.pop(event.value, None)
-            return mido.Message("note_off", note=event.value, velocity=0, channel=channel)
-        return None
-
-
-def make_rng(seed: int) -> np.random.Generator:
-    """A seeded generator for reproducible runs, or fresh entropy when ``seed`` is -1."""
-    return np.random.default_rng(None if seed < 0 else seed)
+        self.voice.start(plan, self.candidates.choose(plan, now) if self.candidates.on else [])

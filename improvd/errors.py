@@ -35,3 +35,9 @@ class EmptyContinuationError(ImprovdError):
     """--output-file would get a continuation of no notes; the message says why."""
 
     exit_code = 5
+
+
+class UsageError(ImprovdError):
+    """The command line itself: an unknown flag, or a value a flag cannot take (EX_USAGE of sysexits.h)."""
+
+    exit_code = 64

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from improvd import vocab
+from improvd.config import ModelConfig, choices
 from improvd.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = choices(ModelConfig, "device")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ def _vocab_difference(theirs) -> str:
     return ", ".join(f"{k}: model {theirs.get(k)!r} != {ours.get(k)!r}" for k in keys)
 
 
+NO_CUDA_PROVIDER = "this onnxruntime build has no CUDA provider: pip install 'improvd[gpu]'"
+
+
 def _cuda_available(ort) -> tuple[bool, str]:
     """Whether a CUDA session can really be created, and why not; quietly."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -96,7 +100,7 @@ def _no_cuda_provider() -> str:
     if _installed("onnxruntime-gpu") and _installed("onnxruntime"):
         return ("onnxruntime and onnxruntime-gpu are both installed and the CPU build's files won: "
                 "pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu")
-    return "this onnxruntime build has no CUDA provider: pip install 'improvd[gpu]'"
+    return NO_CUDA_PROVIDER
 
 
 def _preload_cuda_libraries(ort) -> None:
@@ -116,9 +120,10 @@ def _preload_cuda_libraries(ort) -> None:
 
 
 class StepModel:
-    """An ONNX Runtime session over the step graph plus the current state for ``batch`` rows."""
+    """An ONNX Runtime session over the step graph. It holds no state: callers hold theirs
+    (the engine's stream, the candidates' batch) and step it with ``run``."""
 
-    def __init__(self, onnx_path: str | Path, device: str = "auto", batch: int = 1) -> None:
+    def __init__(self, onnx_path: str | Path, device: str = "auto") -> None:
         import onnxruntime as ort
 
         self.path = Path(onnx_path)
@@ -135,8 +140,7 @@ class StepModel:
         names = ([i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
         if names != (["token", "h", "c"], ["logits", "h_out", "c_out"]):
             raise ModelError(f"{self.path}: inputs/outputs {names} do not follow the step contract")
-        self.steps = 0
-        self.reset(batch)
+        self.steps = 0  # for telemetry: model calls so far
 
     def _open_session(self, ort, options, device: str):
         if device in ("auto", "cuda"):
@@ -160,7 +164,11 @@ class StepModel:
                     ort.set_default_logger_severity(2)
             if device == "cuda":
                 raise ModelError(f"device 'cuda' requested but unavailable: {why}")
-            log.info("model %s runs on the CPU, one thread (device=auto: %s)", self.path.name, why)
+            if why == NO_CUDA_PROVIDER:  # a CPU-only install: the CPU is what it was installed for
+                log.debug("device=auto: %s", why)
+                log.info("model %s runs on the CPU, one thread (device=auto)", self.path.name)
+            else:
+                log.info("model %s runs on the CPU, one thread (device=auto: %s)", self.path.name, why)
         else:
             log.info("model %s runs on the CPU, one thread (device=cpu)", self.path.name)
         try:
@@ -169,29 +177,16 @@ class StepModel:
             raise ModelError(f"{self.path}: onnxruntime cannot load it: {str(err).splitlines()[0]}") from err
         return session, "cpu"
 
-    def reset(self, batch: int | None = None) -> None:
+    def initial(self, batch: int = 1) -> State:
         """A fresh (silent) state for ``batch`` rows."""
-        self.batch = batch or self.batch
-        self.h = np.zeros((self.layers, self.batch, self.units), np.float32)
-        self.c = np.zeros_like(self.h)
-        self.logits: np.ndarray | None = None
-
-    def step(self, tokens) -> np.ndarray:
-        """Advance every row by one token; the logits [batch, vocab] for what comes next."""
-        self.logits, self.h, self.c = self.run(tokens, self.h, self.c)
-        return self.logits
+        h = np.zeros((self.layers, batch, self.units), np.float32)
+        return State(h, np.zeros_like(h), None)
 
     def run(self, tokens, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One step of any rows' state held elsewhere (candidate answers): (logits, h, c)."""
+        """One step of every row: (logits [batch, vocab] for what comes next, h, c). The
+        arrays are fresh each call, so a State made of them is already a copy."""
         feed = {"token": np.asarray(tokens, np.int32).reshape(h.shape[1]), "h": h, "c": c}
         logits, h_out, c_out = self.session.run(None, feed)
         self.steps += 1
         return logits, h_out, c_out
-
-    def snapshot(self) -> State:
-        # session.run returns fresh arrays each step, so references are already copies.
-        return State(self.h, self.c, self.logits)
-
-    def restore(self, state: State) -> None:
-        self.h, self.c, self.logits = state.h, state.c, state.logits
 

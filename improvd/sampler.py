@@ -8,21 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from improvd import vocab
+from improvd.config import Live, SamplerConfig
 
 ON, OFF = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET
 SHIFT, VELOCITY = vocab.TIME_SHIFT_OFFSET, vocab.VELOCITY_OFFSET
 TYPE_STARTS = np.array(sorted((ON, OFF, SHIFT, VELOCITY)))  # each event type's first token
 TYPE_OF = np.repeat(np.arange(len(TYPE_STARTS)), np.diff(np.append(TYPE_STARTS, vocab.VOCAB_SIZE)))
-
-
-@dataclass
-class Settings:
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_polyphony: int = 12
-    max_note_s: float = 4.0
-    pitch_low: int = 21
-    pitch_high: int = 108
 
 
 @dataclass(frozen=True)
@@ -39,15 +30,17 @@ class Grammar:
 
 
 class Sampler:
-    def __init__(self, settings: Settings, rng: np.random.Generator) -> None:
-        self.settings = settings
-        self.rng = rng
+    """Draws events for one stream (``sample``) or many at once (``sample_rows``), at the
+    temperature the musician has set live."""
+
+    def __init__(self, config: SamplerConfig, live: Live, rng: np.random.Generator) -> None:
+        self.config, self.live, self.rng = config, live, rng
 
     def mask(self, grammar: Grammar) -> np.ndarray:
         """Allowed tokens: NOTE_OFF only for the model's own sounding notes; NOTE_ON only for
         silent keys in range under the polyphony cap; TIME_SHIFT no further than the moment
         the oldest note reaches max_note_s, which then must be released."""
-        s = self.settings
+        s = self.config
         allowed = np.zeros(vocab.VOCAB_SIZE, bool)
         max_ticks = round(s.max_note_s / vocab.TICK_S)
         overdue = [p for p, start in grammar.own_notes.items() if grammar.tick - start >= max_ticks]
@@ -82,7 +75,7 @@ class Sampler:
         probs = self._probabilities(logits, self.mask(grammar))
         order = np.argsort(probs)[::-1]
         cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, self.settings.top_p)) + 1]
+        keep = order[: int(np.searchsorted(cumulative, self.config.top_p)) + 1]
         kept = probs[keep] / probs[keep].sum()
         return int(keep[self.rng.choice(len(keep), p=kept)])
 
@@ -92,7 +85,7 @@ class Sampler:
         probs = self._probabilities(logits, allowed)
         order = np.argsort(-probs, axis=1, kind="stable")
         ranked = np.take_along_axis(probs, order, axis=1)
-        kept = np.arange(probs.shape[1]) <= (np.cumsum(ranked, axis=1) < self.settings.top_p).sum(1, keepdims=True)
+        kept = np.arange(probs.shape[1]) <= (np.cumsum(ranked, axis=1) < self.config.top_p).sum(1, keepdims=True)
         cdf = np.cumsum(np.where(kept, ranked, 0.0), axis=1)
         draw = self.rng.random(len(probs)) * cdf[:, -1]
         pick = np.minimum((cdf <= draw[:, None]).sum(1), kept.sum(1) - 1)
@@ -103,8 +96,11 @@ class Sampler:
         not *what kind*: each event type keeps the probability the model gave it, shared
         among its allowed tokens. A model that means to release a note but is unsure which
         (a NOTE_OFF for a key that is not sounding) releases one of the sounding notes,
-        instead of that mass going to new notes and notes piling up."""
-        scaled = logits.astype(np.float64) / self.settings.temperature
+        instead of that mass going to new notes and notes piling up.
+
+        Every draw (single answers, candidate rows, duet) forms its distribution here: the
+        place where another source (a memory of the player) would mix into the model's."""
+        scaled = logits.astype(np.float64) / self.live.temperature
         masked = np.where(allowed, scaled, -np.inf)
         # +inf for a type with nothing allowed: those tokens are masked out just below
         shift = (_log_mass_by_type(scaled) - _log_mass_by_type(masked))[..., TYPE_OF]
@@ -119,3 +115,8 @@ def _log_mass_by_type(scaled: np.ndarray) -> np.ndarray:
     top = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
         return np.log(np.add.reduceat(np.exp(scaled - top[..., TYPE_OF]), TYPE_STARTS, axis=-1)) + top
+
+
+def make_rng(seed: int) -> np.random.Generator:
+    """A seeded generator for reproducible runs, or fresh entropy when ``seed`` is -1."""
+    return np.random.default_rng(None if seed < 0 else seed)

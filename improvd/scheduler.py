@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import mido
 
-from improvd.engine import Reply, Timed
+from improvd.reply import Reply, Timed
 from improvd.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.sounding: dict[int, set[int]] = {}  # channel -> notes we started (generated)
         self.passed_through: dict[int, set[int]] = {}  # channel -> the player's echoed notes
-        self.sent = 0
 
     def start(self) -> None:
         for message in all_notes_off():
@@ -123,7 +122,6 @@ class Scheduler:
     def _send_now(self, message: mido.Message) -> None:
         try:
             self._send(message)
-            self.sent += 1
         except Exception as err:  # noqa: BLE001 - a vanished port must not kill the clock
             self.telemetry.count("send_errors")
             log.debug("send failed: %s", err)

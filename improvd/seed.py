@@ -15,15 +15,16 @@ import mido
 
 from improvd import vocab
 from improvd.engine import Engine
-from improvd.errors import EmptyContinuationError, ImprovdError, InputFileError
+from improvd.errors import ConfigError, EmptyContinuationError, ImprovdError, InputFileError, UsageError
 from improvd.tempo import TempoMap
 
 log = logging.getLogger(__name__)
 
 MAX_SEED_BYTES = 8 * 1024 * 1024  # a seed is a motif, not a symphony collection
-SEED_WINDOW_S = 120.0  # only the last two minutes are folded in: the LSTM forgets earlier
+SEED_WINDOW_S = 120.0  # two minutes are folded in (the last, or from --seed-from): the LSTM forgets earlier
 SIMULATION_STEP_S = 0.01
-OFFLINE_CANDIDATE_STEPS = 1_000_000  # more events than any answer has
+# No clock to race offline: every candidate answer is finished before one is chosen.
+OFFLINE_CANDIDATE_STEPS = 1_000_000  # candidate events per poll: more than any answer has
 CONDUCTOR = ("set_tempo", "time_signature", "key_signature", "smpte_offset")  # kept with a continuation alone
 
 
@@ -39,14 +40,15 @@ class Motif:
     tempo: TempoMap
 
 
-def read_seed(path: Path, track: int | None = None) -> list[tuple[float, mido.Message]]:
+def read_seed(path: Path, track: int | None = None, start: float | None = None) -> list[tuple[float, mido.Message]]:
     """(seconds from the first note, message) for the note and pedal messages of a MIDI
-    file; InputFileError with a one-line reason for anything unusable."""
-    return read_motif(path, track).messages
+    file, at most SEED_WINDOW_S of them: the last ones, or those from ``start`` seconds into
+    the file on; InputFileError with a one-line reason for anything unusable."""
+    return read_motif(path, track, start).messages
 
 
-def read_motif(path: Path, track: int | None = None) -> Motif:
-    """The motif of a MIDI file (one track of it, if given), with the file's timeline."""
+def read_motif(path: Path, track: int | None = None, start: float | None = None) -> Motif:
+    """The motif of a MIDI file as ``read_seed`` takes it, with the file as written and its timeline."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -66,33 +68,52 @@ def read_motif(path: Path, track: int | None = None) -> Motif:
         raise InputFileError(f"{path}: not a readable MIDI file ({reason})") from err
     if track is not None and not 0 <= track < len(midi.tracks):
         raise InputFileError(f"{path}: no track {track} (the file has {len(midi.tracks)}: 0..{len(midi.tracks) - 1})")
+    if midi.type == 2 and track is None:
+        raise InputFileError(f"{path}: a type 2 MIDI file: its {len(midi.tracks)} tracks are separate pieces; "
+                             f"choose one with --seed-track N (0..{len(midi.tracks) - 1})")
     try:
         messages = [
             (t, m) for t, m in vocab.midi_messages(midi, track)
             if m.type in ("note_on", "note_off") or (m.type == "control_change" and m.control == vocab.SUSTAIN_CC)
         ]
         file_end = vocab.midi_end(midi, track)
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        raise InputFileError(f"{path}: corrupt MIDI data ({err})") from err
-    messages = [(t, m) for t, m in messages if getattr(m, "channel", 0) != vocab.DRUM_CHANNEL]
-    onsets = [t for t, m in messages if m.type == "note_on" and m.velocity > 0]
-    if not onsets:
-        raise InputFileError(f"{path}: no notes to continue" + (f" in track {track}" if track is not None else ""))
-    releases = released_at_end(messages, max(file_end, messages[-1][0]))
-    if releases:
-        log.info("%s: ends with %s still down; released at its end (%.2f s)", path,
-                 ", ".join("the pedal" if m.is_cc() else f"key {m.note}" for _, m in releases), releases[0][0])
-        messages += releases
-    start = onsets[0]
-    end = messages[-1][0]
-    if end - start > SEED_WINDOW_S:
-        start = end - SEED_WINDOW_S
-        log.info("%s: %.0f s long; priming with its last %.0f s", path, end - onsets[0], SEED_WINDOW_S)
-    try:
         tempo = TempoMap.of_midi(midi)
     except (ValueError, KeyError, IndexError, TypeError) as err:
         raise InputFileError(f"{path}: corrupt MIDI data ({err})") from err
-    return Motif([(t - start, m) for t, m in messages if t >= start], midi, track, start, tempo)
+    in_track = f" in track {track}" if track is not None else ""
+    pitched = [(t, m) for t, m in messages if getattr(m, "channel", 0) != vocab.DRUM_CHANNEL]
+    if not _onsets(pitched):
+        if _onsets(messages):
+            raise InputFileError(f"{path}: its notes{in_track} are all drums (channel 10), which improvd ignores")
+        raise InputFileError(f"{path}: no notes to continue{in_track}")
+    if start is not None:
+        begin, messages = _window(path, pitched, start, min(file_end, start + SEED_WINDOW_S))
+    else:
+        messages = pitched + released_at_end(pitched, max(file_end, pitched[-1][0]))
+        first, end = _onsets(messages)[0], messages[-1][0]
+        begin = max(first, end - SEED_WINDOW_S)
+        if begin > first:
+            log.info("%s: %.0f s long; priming with its last %.0f s only (from %.1f s; --seed-from S chooses where)",
+                     path, end - first, SEED_WINDOW_S, begin)
+    return Motif([(t - begin, m) for t, m in messages if t >= begin], midi, track, begin, tempo)
+
+
+def _onsets(messages: list[tuple[float, mido.Message]]) -> list[float]:
+    return [t for t, m in messages if m.type == "note_on" and m.velocity > 0]
+
+
+def _window(path: Path, messages: list[tuple[float, mido.Message]], start: float,
+            end: float) -> tuple[float, list[tuple[float, mido.Message]]]:
+    """The messages from ``start`` to ``end`` seconds (--seed-from), released at ``end``,
+    and where the first note among them lies."""
+    inside = [(t, m) for t, m in messages if start <= t < end]
+    onsets = _onsets(inside)
+    if not onsets:
+        last = _onsets(messages)[-1]
+        raise InputFileError(f"{path}: no notes from {start:g} s on (its last note starts at {last:.1f} s)")
+    inside += released_at_end(inside, end)
+    log.info("%s: priming with %.1f..%.1f s of the file (--seed-from)", path, onsets[0], end)
+    return onsets[0], inside
 
 
 def released_at_end(messages: list[tuple[float, mido.Message]], end: float) -> list[tuple[float, mido.Message]]:
@@ -115,19 +136,22 @@ def released_at_end(messages: list[tuple[float, mido.Message]], end: float) -> l
 
 
 def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
-                     length: float | None) -> list[vocab.Note]:
-    """The continuation's notes, generated in simulated time right after the motif; its
-    length is ``length`` seconds, or follows the motif's as a live answer would."""
+                     length: float | None, tempo: TempoMap | None = None) -> list[vocab.Note]:
+    """The continuation's notes, generated in simulated time right after the motif by an
+    engine made with ``candidate_steps=OFFLINE_CANDIDATE_STEPS``; its length is ``length``
+    seconds, or follows the motif's as a live answer would. ``tempo``: where the motif's
+    beats fall, in seconds from the seed's zero (the file's own map)."""
     motif_end = seed[-1][0]
-    # No clock to race offline: every candidate answer is finished before one is chosen.
-    engine.settings.candidate_steps = OFFLINE_CANDIDATE_STEPS
     start = 10.0  # simulated clock; any value works, the engine only sees differences
-    replies = [engine.seed(seed, start + motif_end, length)]
+    if tempo is not None:
+        engine.beat.set_tempo(tempo.shifted(start), "file")
+    replies = [engine.prime(seed, start + motif_end, length)]
     now = start + motif_end
-    limit = now + engine.settings.silence_ms / 1000 + (length or engine.settings.max_answer_s) + 5
+    settings = engine.config.engine
+    limit = now + settings.silence_ms / 1000 + (length or settings.max_answer_s) + 5
     while now < limit:
         replies.append(engine.poll(now))
-        if replies[-1].messages == [] and not engine.answering and engine.counters.answers:
+        if replies[-1].messages == [] and not engine.voice.answering and engine.counters.answers:
             break
         now += SIMULATION_STEP_S
     notes: list[vocab.Note] = []
@@ -152,11 +176,18 @@ def continue_offline(engine: Engine, seed: list[tuple[float, mido.Message]],
 
 def _why_empty(engine: Engine) -> str:
     if not engine.counters.notes_in:
-        channels = sorted(ch + 1 for ch in engine.settings.input_channels)
+        channels = sorted(engine.config.ports.input_channels)
         return f"improvd heard none of the motif's notes (ports.input_channels = {channels} leaves out their channels)"
     if not engine.counters.answers:
         return "the motif never fell silent, so improvd never answered"
     return "the model played no note in its answer"
+
+
+def motif_tempo(motif: Motif, bpm: float, beats_per_bar: int) -> TempoMap:
+    """The beats a continuation follows, in seconds from the seed's zero: the file's tempo
+    map and meter, or ``bpm`` (when set) from the file's start."""
+    tempo = motif.tempo if bpm <= 0 else TempoMap.steady(bpm, beats_per_bar=beats_per_bar)
+    return tempo.shifted(-motif.start)
 
 
 def write_continuation(path: Path, motif: Motif, continuation: list[vocab.Note], channel: int,
@@ -175,7 +206,7 @@ def write_continuation(path: Path, motif: Motif, continuation: list[vocab.Note],
     else:
         others = [track for i, track in enumerate(source.tracks) if i != motif.track]
         tracks = [_relative(_conductor(others) + _absolute(source.tracks[motif.track])), _relative(notes)]
-    out = mido.MidiFile(type=0 if alone else 2 if source.type == 2 else 1, ticks_per_beat=source.ticks_per_beat)
+    out = mido.MidiFile(type=0 if alone else 1, ticks_per_beat=source.ticks_per_beat)
     out.tracks += tracks
     try:
         out.save(path)
@@ -232,12 +263,25 @@ def seed_notes(seed: list[tuple[float, mido.Message]]) -> list[vocab.Note]:
     return vocab.tokens_to_notes(tokens + encoder.release_all())
 
 
-def plot_piano_roll(path: Path, motif: list[vocab.Note], continuation: list[vocab.Note]) -> None:
-    """A piano-roll PNG: the motif in grey, the continuation in colour by velocity."""
+def plot_format(path: Path) -> str:
+    """The image format --plot writes ``path`` in: its extension's, PNG without one (the file is
+    written at ``path`` exactly); checked before the continuation is worked out."""
     try:
-        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError as err:
-        raise ImprovdError("--plot needs matplotlib: pip install 'improvd[train]'") from err
+        raise ConfigError("--plot needs matplotlib: pip install 'improvd[plot]'") from err
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    image_format = path.suffix[1:].lower() or "png"
+    if image_format not in formats:
+        raise UsageError(f"--plot {path}: no image format '.{image_format}' (use one of: "
+                         f"{', '.join('.' + name for name in sorted(formats))})")
+    return image_format
+
+
+def plot_piano_roll(path: Path, image_format: str, motif: list[vocab.Note], continuation: list[vocab.Note]) -> None:
+    """A piano roll (``plot_format``'s format): the motif in grey, the continuation in colour by velocity."""
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -257,7 +301,7 @@ def plot_piano_roll(path: Path, motif: list[vocab.Note], continuation: list[voca
     ax.set_title("motif (grey) and improvd's continuation (colour = velocity)")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, format=image_format, dpi=100)
     except OSError as err:
         raise InputFileError(f"{path}: cannot write plot: {err.strerror}") from err
     finally:

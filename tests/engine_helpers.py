@@ -5,47 +5,92 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import mido
 import numpy as np
 
-from improvd import engine, sampler
+from improvd.config import SECTIONS, Config
+from improvd.engine import CANDIDATE_STEPS, Engine
 from improvd.model import State, StepModel
+from improvd.reply import Reply, Timed
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = PROJECT_ROOT / "exported" / "improvd.onnx"
 
 
+class StatefulModel(StepModel):
+    """A StepModel that holds the state of ``batch`` rows itself: for tests of the model alone."""
+
+    def __init__(self, onnx_path, device: str = "auto", batch: int = 1) -> None:
+        super().__init__(onnx_path, device)
+        self.restore(self.initial(batch))
+
+    def step(self, tokens) -> np.ndarray:
+        """Advance every row by one token; the logits [batch, vocab] for what comes next."""
+        self.logits, self.h, self.c = self.run(tokens, self.h, self.c)
+        return self.logits
+
+    def snapshot(self) -> State:
+        return State(self.h, self.c, self.logits)
+
+    def restore(self, state: State) -> None:
+        self.h, self.c, self.logits = state.h, state.c, state.logits
+
+
 class RecordingModel(StepModel):
-    """A StepModel that remembers the tokens its state is made of, rollbacks included."""
+    """A StepModel that remembers the tokens each state it computed is made of, so that a
+    test can ask what the engine's stream holds, rollbacks included."""
 
-    def reset(self, batch=None):
-        super().reset(batch)
-        self.fed: list[int] = []
+    def __init__(self, *args, **kwargs):
+        # id(h) of each state stepped to -> (id(h) of the state before, the token, both arrays)
+        self.parents: dict[int, tuple[int, int, tuple]] = {}
+        super().__init__(*args, **kwargs)
 
-    def step(self, tokens):
-        self.fed.append(int(np.asarray(tokens).reshape(-1)[0]))
-        return super().step(tokens)
+    def run(self, tokens, h, c):
+        logits, h_out, c_out = super().run(tokens, h, c)
+        tokens = np.asarray(tokens).reshape(-1)
+        if len(tokens) == 1:  # the stream's steps (a candidate batch has K rows)
+            # keyed by id: both arrays are kept alive so that no other array can take their ids
+            self.parents[id(h_out)] = (id(h), int(tokens[0]), (h, h_out))
+        return logits, h_out, c_out
 
-    def snapshot(self):
-        return (super().snapshot(), len(self.fed))
+    def fed(self, state: State) -> list[int]:
+        """The tokens that led to ``state``, from the silent state."""
+        tokens, key = [], id(state.h)
+        while key in self.parents:
+            key, token, _ = self.parents[key]
+            tokens.append(token)
+        return tokens[::-1]
 
-    def restore(self, state):
-        model_state, length = state
-        super().restore(model_state)
-        del self.fed[length:]
+
+def stream_tokens(eng: Engine) -> list[int]:
+    """What the engine's stream has heard, as tokens (with a RecordingModel)."""
+    return eng.stream.model.fed(eng.stream.state)
 
 
-def make_engine(seed: int = 7, model_class=StepModel, now: float = 0.0, **settings) -> engine.Engine:
-    sampler_settings = sampler.Settings(**{k: settings.pop(k) for k in list(settings) if hasattr(sampler.Settings, k)})
+def configure(**settings) -> Config:
+    """The production defaults with ``settings`` changed, each key in whichever section has it."""
+    config = Config()
+    sections: dict[str, dict] = {}
+    for key, value in settings.items():
+        section = next(name for name, cls in SECTIONS.items() if key in cls.__dataclass_fields__)
+        sections.setdefault(section, {})[key] = value
+    return replace(config, **{name: replace(getattr(config, name), **values) for name, values in sections.items()})
+
+
+def make_engine(random_seed: int = 7, model_class=StepModel, now: float = 0.0,
+                candidate_steps: int = CANDIDATE_STEPS, **settings) -> Engine:
+    """An engine on the shipped model with the production defaults but for ``settings``."""
     model = model_class(MODEL_PATH, device="cpu")
-    return engine.Engine(model, sampler.Sampler(sampler_settings, np.random.default_rng(seed)),
-                         engine.Settings(**settings), now)
+    return Engine(model, configure(**settings), np.random.default_rng(random_seed), now, clock=time.perf_counter,
+                  candidate_steps=candidate_steps)
 
 
 def replay(tokens: list[int]) -> State:
-    model = StepModel(MODEL_PATH, device="cpu")
+    model = StatefulModel(MODEL_PATH, device="cpu")
     for token in tokens:
         model.step([token])
     return model.snapshot()
@@ -63,10 +108,10 @@ class Room:
         self.queue: list = []
         self.order = itertools.count()
         self.sounding: set[tuple[int, int]] = set()
-        self.sent: list[engine.Timed] = []
+        self.sent: list[Timed] = []
         self.problems: list[str] = []
 
-    def submit(self, reply: engine.Reply) -> None:
+    def submit(self, reply: Reply) -> None:
         if reply.cancel_after is not None:
             self.queue = [e for e in self.queue if e[0] <= reply.cancel_after]
             heapq.heapify(self.queue)
@@ -93,7 +138,7 @@ class Room:
                 self.sounding.discard(key)
 
 
-def run(eng: engine.Engine, room: Room, start: float, end: float, step: float = 0.01,
+def run(eng: Engine, room: Room, start: float, end: float, step: float = 0.01,
         events: list[tuple[float, mido.Message]] = ()) -> None:
     """Drive the engine from ``start`` to ``end``: player events at their times, polls
     every ``step``, the room playing what is due."""
@@ -103,7 +148,7 @@ def run(eng: engine.Engine, room: Room, start: float, end: float, step: float = 
         while pending and pending[0][0] <= now + 1e-9:
             time, message = pending.pop(0)
             room.advance(time)
-            room.submit(eng.on_message(message, time))
+            room.submit(eng.on_message(message, time, time))
         room.submit(eng.poll(now))
         room.advance(now)
         now += step

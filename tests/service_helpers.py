@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
+import venv
 from pathlib import Path
 
 import mido
@@ -253,3 +256,16 @@ class NotifySocket:
         self.running = False
         self.thread.join(timeout=2)
         self.socket.close()
+
+
+def offline_venv(path: Path, with_pip: bool = False) -> Path:
+    """A new virtual environment that sees this one's dependencies (and its setuptools, to
+    build improvd without network) through a .pth line, but not this one's improvd."""
+    venv.create(path, with_pip=with_pip)
+    site = next(path.glob("lib/python*/site-packages"))
+    for own in site.iterdir():  # ensurepip's setuptools may predate what pyproject.toml asks for
+        if own.name.startswith(("setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence")):
+            shutil.rmtree(own) if own.is_dir() else own.unlink()
+    folders = [sysconfig.get_paths()["purelib"], *(p for p in sys.path if Path(p).name == "site-packages")]
+    (site / "dependencies.pth").write_text("".join(f"{folder}\n" for folder in dict.fromkeys(folders)))
+    return path

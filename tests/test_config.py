@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from improvd.config import (
 from improvd.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config.toml"
+README = SHIPPED.with_name("README.md")
+NOT_SETTINGS = {"model.predict"}  # Keras' method, named where the README compares with other projects
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +63,46 @@ def test_shipped_config_has_every_field_and_nothing_else() -> None:
     assert list(document) == list(SECTIONS)
     for name, cls in SECTIONS.items():
         assert list(document[name]) == [f.name for f in dataclasses.fields(cls)], name
+
+
+def test_readme_names_only_real_settings_with_valid_examples() -> None:
+    """Every `section.key` the README names exists, and every `section.key = value` it shows loads."""
+    mentions = re.findall(rf"`((?:{'|'.join(SECTIONS)})\.[a-z_]+)(?: = ([^`]+))?`", README.read_text(encoding="utf-8"))
+    assert len(mentions) > 5
+    for dotted, value in mentions:
+        if dotted in NOT_SETTINGS:
+            continue
+        section, _, key = dotted.partition(".")
+        assert key in SECTIONS[section].__dataclass_fields__, dotted
+        if value:
+            load_config(SHIPPED, overrides={dotted: tomllib.loads(f"v = {value}")["v"]})
+
+
+def test_readme_states_the_defaults() -> None:
+    """The defaults the README and docs/ quote are the built-in ones (each statement checked where it appears)."""
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    text = " ".join(" ".join(page.read_text(encoding="utf-8").split()) for page in pages)
+    c = Config()
+    weights = [getattr(c.sampler, f.name) for f in dataclasses.fields(c.sampler) if f.name.startswith("weight_")]
+    statements = {
+        r"`engine\.silence_ms` \((\d+) ms": [c.engine.silence_ms],
+        r"the (\d+) ms lookahead": [c.engine.lookahead_ms],
+        r"\((\d+) by default; `--candidates K`": [c.sampler.candidates],
+        r"The default K = (\d+)": [c.sampler.candidates],
+        r"Defaults ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+)": weights,
+        r"--weights fluency=([\d.]+),pitch_class=([\d.]+),register=([\d.]+),density=([\d.]+),dynamics=([\d.]+)":
+            weights,
+        r"CC (\d+) \(mod wheel\) temperature": [c.controls.temperature_cc],
+        r"CC (\d+) answer length": [c.controls.answer_length_cc],
+        r"CC (\d+) mode": [c.controls.mode_cc],
+        r"CC (\d+) / CC 120 panic": [c.controls.panic_cc],
+    }
+    found = 0
+    for pattern, defaults in statements.items():
+        for match in re.finditer(pattern, text):
+            found += 1
+            assert [float(group) for group in match.groups()] == defaults, match.group(0)
+    assert found >= 5
 
 
 def test_shipped_config_comments_every_key() -> None:

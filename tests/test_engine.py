@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from improvd import engine, vocab
-from tests.engine_helpers import RecordingModel, Room, make_engine, note, phrase, replay, run
+from tests.engine_helpers import RecordingModel, Room, make_engine, note, phrase, replay, run, stream_tokens
 
 SILENCE = 0.5
 
@@ -39,7 +39,7 @@ def test_answer_length_follows_the_phrase_within_bounds():
     events = phrase(0.0, pitches=(60, 62, 64, 65, 67, 69, 71, 72, 74, 76, 77, 79), spacing=0.25)
     run(eng, room, 0.0, 10.0, events=events)
     phrase_length = max(t for t, _ in events)  # first key down at 0.0 to last key up
-    assert eng.answer_end - eng.answer_deadline == pytest.approx(phrase_length, abs=vocab.TICK_S)
+    assert eng.voice.plan.answer_end - eng.voice.plan.deadline == pytest.approx(phrase_length, abs=vocab.TICK_S)
 
 
 def test_no_answer_while_a_key_is_held():
@@ -50,7 +50,7 @@ def test_no_answer_while_a_key_is_held():
 
 
 def test_output_is_playable_midi_and_respects_the_limits():
-    eng = make_engine(seed=3, min_answer_s=8.0, max_answer_s=8.0, max_polyphony=2, max_note_s=0.5,
+    eng = make_engine(random_seed=3, min_answer_s=8.0, max_answer_s=8.0, max_polyphony=2, max_note_s=0.5,
                       pitch_low=48, pitch_high=84)
     room = Room()
     run(eng, room, 0.0, 12.0, events=phrase(0.0))
@@ -69,7 +69,7 @@ def test_output_is_playable_midi_and_respects_the_limits():
 
 
 def test_barge_in_stops_the_answer_releases_and_rolls_back_the_unheard_part():
-    eng = make_engine(seed=11, model_class=RecordingModel, min_answer_s=4.0, max_answer_s=4.0)
+    eng = make_engine(random_seed=11, model_class=RecordingModel, min_answer_s=4.0, max_answer_s=4.0)
     room = Room()
     events = phrase(0.0)
     deadline = max(t for t, _ in events) + SILENCE
@@ -77,17 +77,18 @@ def test_barge_in_stops_the_answer_releases_and_rolls_back_the_unheard_part():
     assert answer_notes(room), "the answer had not started"
     barge = deadline + 1.0 + 0.005
     room.advance(barge)
-    reply = eng.on_message(note("note_on", 60), barge)
+    reply = eng.on_message(note("note_on", 60), barge, barge)
     assert reply.release and reply.cancel_after == barge
-    assert eng.counters.barge_ins == 1 and not eng.answering
-    assert eng.own_notes == {}
+    assert eng.counters.barge_ins == 1 and not eng.voice.answering
+    assert eng.stream.line.own_notes == {}
     # The state holds the phrase, the answer notes that sounded by then, their releases,
     # and the player's new note: nothing generated after the barge-in survives.
     heard_on = [t.message.note for t in room.sent if t.message.type == "note_on"]
-    assert [tok for tok in eng.model.fed if tok < 128] == [62, 66, 69, 71, 69, 66] + heard_on + [60]
+    assert [tok for tok in stream_tokens(eng) if tok < 128] == [62, 66, 69, 71, 69, 66] + heard_on + [60]
     # ... and the state is exactly that of replaying the surviving tokens from scratch.
-    expected = replay(eng.model.fed)
-    assert np.allclose(eng.model.h, expected.h, atol=1e-5) and np.allclose(eng.model.c, expected.c, atol=1e-5)
+    expected = replay(stream_tokens(eng))
+    state = eng.stream.state
+    assert np.allclose(state.h, expected.h, atol=1e-5) and np.allclose(state.c, expected.c, atol=1e-5)
     room.submit(reply)
     assert not room.sounding and not room.queue
     # The player's new phrase gets its own answer afterwards.
@@ -96,14 +97,14 @@ def test_barge_in_stops_the_answer_releases_and_rolls_back_the_unheard_part():
 
 
 def test_barge_in_right_after_the_first_note_releases_it_when_the_deadline_is_off_the_grid():
-    eng = make_engine(seed=2, min_answer_s=2.0, max_answer_s=2.0)
+    eng = make_engine(random_seed=2, min_answer_s=2.0, max_answer_s=2.0)
     room = Room()
     events = [(0.0, note("note_on", 62)), (0.473, note("note_off", 62))]
     deadline = 0.473 + SILENCE  # 0.973: the 10 ms grid point before it is 0.97
     run(eng, room, 0.0, deadline, step=0.001, events=events)
     room.advance(deadline + 0.001)
     assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(deadline)
-    reply = eng.on_message(note("note_on", 60), deadline + 0.001)
+    reply = eng.on_message(note("note_on", 60), deadline + 0.001, deadline + 0.001)
     assert reply.release and eng.counters.barge_ins == 1
     room.submit(reply)
     assert not room.sounding and not room.queue
@@ -115,12 +116,12 @@ def test_player_returning_before_the_deadline_cancels_the_speculative_answer():
     events = phrase(0.0)
     last = max(t for t, _ in events)
     run(eng, room, 0.0, last + SILENCE - 0.1, events=events)
-    assert eng.answering and room.queue, "no answer generated ahead of the deadline"
-    reply = eng.on_message(note("note_on", 72), last + SILENCE - 0.05)
+    assert eng.voice.answering and room.queue, "no answer generated ahead of the deadline"
+    reply = eng.on_message(note("note_on", 72), last + SILENCE - 0.05, last + SILENCE - 0.05)
     room.submit(reply)
     assert not room.queue and room.sent == []
-    assert not eng.answering and eng.counters.answers == 0
-    assert eng.phrase_start == 0.0  # the phrase goes on; it did not end
+    assert not eng.voice.answering and eng.counters.answers == 0
+    assert eng.phrase.start == 0.0  # the phrase goes on; it did not end
 
 
 def test_duet_regenerates_the_lookahead_when_the_player_comes_in():
@@ -128,12 +129,12 @@ def test_duet_regenerates_the_lookahead_when_the_player_comes_in():
     room = Room()
     run(eng, room, 0.0, 2.0)
     assert room.sent, "duet played nothing"
-    reply = eng.on_message(note("note_on", 50), 2.0)
+    reply = eng.on_message(note("note_on", 50), 2.0, 2.0)
     assert reply.cancel_after == 2.0 and not reply.release
     room.submit(reply)
     assert all(e[0] <= 2.0 for e in room.queue)
     fresh = eng.poll(2.0)
-    assert eng._stream_time() >= 2.25 - vocab.TICK_S  # the lookahead is refilled at once
+    assert eng.stream.time >= 2.25 - vocab.TICK_S  # the lookahead is refilled at once
     assert all(m.time >= 2.0 - vocab.TICK_S for m in fresh.messages)
     room.submit(fresh)
     run(eng, room, 2.01, 6.0, events=[(2.3, note("note_off", 50))])
@@ -151,7 +152,7 @@ def test_duet_never_schedules_output_before_it_can_exist(offset):
         now = 1.0 + offset + 0.12 * k
         pitch = 60 + k % 12
         for message, at in ((note("note_on", pitch), now), (note("note_off", pitch), now + 0.1)):
-            room.submit(eng.on_message(message, at))
+            room.submit(eng.on_message(message, at, at))
             fresh = eng.poll(at)
             assert all(m.time >= at + engine.REACTION_S - 1e-9 for m in fresh.messages), (at, fresh.messages)
             room.submit(fresh)
@@ -162,20 +163,20 @@ def test_seed_primes_the_state_and_answers_with_the_given_length():
     eng = make_engine(model_class=RecordingModel)
     room = Room()
     motif = phrase(0.0)
-    reply = eng.seed(motif, now=5.0, length=3.0)
+    reply = eng.prime(motif, now=5.0, length=3.0)
     room.submit(reply)
-    assert sum(1 for t in eng.model.fed if t < 128) == 6  # every motif note folded in
+    assert sum(1 for t in stream_tokens(eng) if t < 128) == 6  # every motif note folded in
     run(eng, room, 5.0, 10.0)
     notes = answer_notes(room)
     assert notes and notes[0].time == pytest.approx(5.0 + SILENCE, abs=vocab.TICK_S)
-    assert eng.answer_end - eng.answer_deadline == pytest.approx(3.0)
+    assert eng.voice.plan.answer_end - eng.voice.plan.deadline == pytest.approx(3.0)
     assert not room.sounding
 
 
 def test_same_seed_same_answer():
     outputs = []
     for _ in range(2):
-        eng, room = make_engine(seed=42), Room()
+        eng, room = make_engine(random_seed=42), Room()
         run(eng, room, 0.0, 5.0, events=phrase(0.0))
         outputs.append([(round(t.time, 3), str(t.message)) for t in room.sent])
     assert outputs[0] == outputs[1] and outputs[0]
@@ -183,26 +184,26 @@ def test_same_seed_same_answer():
 
 def test_control_changes():
     eng = make_engine()
-    eng.on_message(mido.Message("control_change", control=1, value=127), 0.0)
-    assert eng.sampler.settings.temperature == pytest.approx(2.0)
-    eng.on_message(mido.Message("control_change", control=1, value=0), 0.0)
-    assert eng.sampler.settings.temperature == pytest.approx(0.25)
-    eng.on_message(mido.Message("control_change", control=2, value=127), 0.0)
-    assert eng.settings.answer_ratio == pytest.approx(4.0)
-    eng.on_message(mido.Message("control_change", control=1, value=85), 0.0)
-    assert eng.sampler.settings.temperature == pytest.approx(1.0, abs=0.01)
+    eng.on_message(mido.Message("control_change", control=1, value=127), 0.0, 0.0)
+    assert eng.live.temperature == pytest.approx(2.0)
+    eng.on_message(mido.Message("control_change", control=1, value=0), 0.0, 0.0)
+    assert eng.live.temperature == pytest.approx(0.25)
+    eng.on_message(mido.Message("control_change", control=2, value=127), 0.0, 0.0)
+    assert eng.live.answer_ratio == pytest.approx(4.0)
+    eng.on_message(mido.Message("control_change", control=1, value=85), 0.0, 0.0)
+    assert eng.live.temperature == pytest.approx(1.0, abs=0.01)
     room = Room()
     run(eng, room, 0.0, 1.0)
-    eng.on_message(mido.Message("control_change", control=80, value=127), 1.0)
-    assert eng.settings.mode == "duet"
+    eng.on_message(mido.Message("control_change", control=80, value=127), 1.0, 1.0)
+    assert eng.live.mode == "duet"
     run(eng, room, 1.0, 5.0)
     assert room.sent
-    panic = eng.on_message(mido.Message("control_change", control=123, value=0), 5.0)
+    panic = eng.on_message(mido.Message("control_change", control=123, value=0), 5.0, 5.0)
     assert panic.release and panic.cancel_after == 5.0
     room.submit(panic)
     assert not room.sounding and not room.queue
-    switch = eng.on_message(mido.Message("control_change", control=80, value=0), 5.5)
-    assert eng.settings.mode == "call-response" and switch.release
+    switch = eng.on_message(mido.Message("control_change", control=80, value=0), 5.5, 5.5)
+    assert eng.live.mode == "call-response" and switch.release
 
 
 def test_midi_clock_stop_and_start():
@@ -210,10 +211,10 @@ def test_midi_clock_stop_and_start():
     room = Room()
     run(eng, room, 0.0, 0.2, events=[(0.1, mido.Message("stop"))])
     run(eng, room, 0.2, 4.0, events=phrase(0.3))
-    assert room.sent == [] and not eng.playing
+    assert room.sent == [] and not eng.controls.playing
     for i in range(48):
-        eng.on_message(mido.Message("clock"), 4.0 + i * 60 / (24 * 120))
-    assert eng.clock_bpm == pytest.approx(120, rel=0.01)
+        eng.on_message(mido.Message("clock"), 4.0 + i * 60 / (24 * 120), 4.0 + i * 60 / (24 * 120))
+    assert eng.controls.clock_bpm == pytest.approx(120, rel=0.01)
     run(eng, room, 4.5, 8.0, events=[(4.5, mido.Message("start"))] + phrase(4.6))
     assert answer_notes(room)
 
@@ -222,12 +223,12 @@ def test_pedal_pressed_during_an_answer_holds_the_players_next_notes():
     eng = make_engine(min_answer_s=2.0, max_answer_s=2.0)
     room = Room()
     run(eng, room, 0.0, 2.5, events=phrase(0.0))
-    assert eng.answering
-    eng.on_message(mido.Message("control_change", control=64, value=127), 2.5)
-    assert eng.encoder.pedal_down and eng.answering  # the pedal is not a barge-in
-    eng.on_message(note("note_on", 40), 2.6)
-    eng.on_message(note("note_off", 40), 2.7)
-    assert 40 in eng.encoder.held_by_pedal and eng.silence_deadline() is None
+    assert eng.voice.answering
+    eng.on_message(mido.Message("control_change", control=64, value=127), 2.5, 2.5)
+    assert eng.stream.encoder.pedal_down and eng.voice.answering  # the pedal is not a barge-in
+    eng.on_message(note("note_on", 40), 2.6, 2.6)
+    eng.on_message(note("note_off", 40), 2.7, 2.7)
+    assert 40 in eng.stream.encoder.held_by_pedal and eng.silence_deadline() is None
 
 
 def test_vanished_keyboard_releases_the_players_keys_so_silence_comes():
@@ -237,13 +238,13 @@ def test_vanished_keyboard_releases_the_players_keys_so_silence_comes():
                                      (0.1, note("note_on", 60)), (0.2, note("note_on", 64))])
     assert eng.silence_deadline() is None
     eng.release_player(1.0)
-    assert not eng.encoder.pedal_down and not eng.encoder.sounding
+    assert not eng.stream.encoder.pedal_down and not eng.stream.encoder.sounding
     run(eng, room, 1.0, 3.0)
     assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(1.5)
 
 
 def test_channel_filter_ignores_other_channels():
-    eng = make_engine(input_channels=frozenset({0}))
+    eng = make_engine(input_channels=(1,))
     room = Room()
     run(eng, room, 0.0, 3.0, events=[(0.0, note("note_on", 60, channel=3)), (0.2, note("note_off", 60, channel=3))])
     assert room.sent == [] and eng.counters.notes_in == 0
@@ -251,7 +252,7 @@ def test_channel_filter_ignores_other_channels():
 
 def test_passthrough_echoes_the_players_notes():
     eng = make_engine(passthrough=True)
-    reply = eng.on_message(note("note_on", 60), 0.0)
+    reply = eng.on_message(note("note_on", 60), 0.0, 0.0)
     assert [t.message for t in reply.messages if t.passthrough] == [note("note_on", 60)]
 
 
@@ -272,7 +273,7 @@ MESSAGES = st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.floats(0, 0.4), MESSAGES), max_size=40), st.sampled_from(["call-response", "duet"]))
 def test_random_input_never_crashes_and_leaves_nothing_sounding(timeline, mode):
-    eng = make_engine(seed=1, mode=mode, silence_ms=100, min_answer_s=0.3, max_answer_s=0.6)
+    eng = make_engine(random_seed=1, mode=mode, silence_ms=100, min_answer_s=0.3, max_answer_s=0.6)
     room = Room()
     events, now = [], 0.0
     for gap, message in timeline:

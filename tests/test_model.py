@@ -8,7 +8,7 @@ import pytest
 from improvd import vocab
 from improvd.errors import ModelError
 from improvd.model import FORMAT_VERSION, StepModel
-from tests.engine_helpers import MODEL_PATH
+from tests.engine_helpers import MODEL_PATH, StatefulModel
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def edit_metadata(onnx, change):
 
 
 def test_shipped_model_follows_the_contract():
-    model = StepModel(MODEL_PATH, device="cpu", batch=3)
+    model = StatefulModel(MODEL_PATH, device="cpu", batch=3)
     logits = model.step([1, 2, 3])
     assert logits.shape == (3, vocab.VOCAB_SIZE)
     assert model.h.shape == (model.layers, 3, model.units) == model.c.shape
@@ -36,7 +36,7 @@ def test_shipped_model_follows_the_contract():
 
 
 def test_snapshot_and_restore_reproduce_the_same_future():
-    model = StepModel(MODEL_PATH, device="cpu")
+    model = StatefulModel(MODEL_PATH, device="cpu")
     for token in (300, 360, 60):
         model.step([token])
     saved = model.snapshot()
@@ -48,8 +48,8 @@ def test_snapshot_and_restore_reproduce_the_same_future():
 
 def test_batch_rows_are_independent():
     """Up to int8 rounding: dynamic quantization picks one activation scale per batch."""
-    model = StepModel(MODEL_PATH, device="cpu", batch=2)
-    single = StepModel(MODEL_PATH, device="cpu")
+    model = StatefulModel(MODEL_PATH, device="cpu", batch=2)
+    single = StatefulModel(MODEL_PATH, device="cpu")
     for token in (60, 300, 188):
         both = model.step([token, 62])
         alone = single.step([token])
@@ -95,7 +95,7 @@ def test_auto_device_says_which_provider_in_one_line(caplog):
         model = StepModel(MODEL_PATH, device="auto")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    expected = "CUDA" if model.provider == "cuda" else "runs on the CPU, one thread (device=auto:"
+    expected = "CUDA" if model.provider == "cuda" else "runs on the CPU, one thread (device=auto"
     assert expected in lines[0]
 
 

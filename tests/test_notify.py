@@ -136,7 +136,7 @@ def test_daemon_speaks_the_protocol_ready_watchdog_status_stopping(jack, tmp_pat
 
         # Under journald (JOURNAL_STREAM set), no timestamps of our own.
         assert lines and not any(TIMESTAMP.match(line) for line in lines)
-        assert lines[0].startswith("INFO improvd."), lines[0]
+        assert lines[0].startswith("<6>INFO improvd."), lines[0]  # and syslog priorities
 
         # STATUS= gains the latency once an answer has been played.
         player, listener = Player(jack), Listener(jack)
@@ -181,3 +181,27 @@ def test_no_ready_when_the_model_fails_to_load(tmp_path, systemd):
     assert not any("READY" in f for f in got)
     assert got[-1]["STOPPING"] == "1"
     assert got[-1]["STATUS"].startswith("failed: ") and "missing.onnx" in got[-1]["STATUS"]
+
+
+def test_invalid_configuration_at_start_says_why_in_the_status(tmp_path, systemd):
+    config = write_config(tmp_path / "config.toml", engine={"silence_ms": 5}, sampler={"temprature": 1})
+    daemon = Improvd(config, {"NOTIFY_SOCKET": str(systemd.path)})
+    code, _ = daemon.wait_exit(time.monotonic(), timeout=60)
+    time.sleep(0.05)
+    assert code == 1, daemon.log()
+    got = [fields for _, fields in systemd.snapshot()]
+    assert not any("READY" in f for f in got)
+    status = got[-1]["STATUS"]  # what `systemctl status improvd` shows
+    assert status.startswith(f"failed: invalid configuration in {config}"), status
+    assert "engine.silence_ms: must be between 50 and 10000, got 5" in status
+    assert "sampler.temprature: unknown key" in status
+
+
+def test_a_wrong_flag_at_start_says_why_in_the_status(tmp_path, systemd):
+    daemon = Improvd(write_config(tmp_path / "config.toml"), {"NOTIFY_SOCKET": str(systemd.path)},
+                     args=("--mode", "dut"))
+    code, _ = daemon.wait_exit(time.monotonic(), timeout=60)
+    time.sleep(0.05)
+    assert code == 64, daemon.log()
+    status = [fields for _, fields in systemd.snapshot()][-1]["STATUS"]
+    assert status.startswith("failed: argument --mode: invalid choice: 'dut'"), status

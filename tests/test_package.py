@@ -3,13 +3,12 @@ fresh virtual environment, run from another folder with no configuration."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tomllib
-import venv
 from pathlib import Path
 
 import mido
@@ -17,6 +16,7 @@ import pytest
 
 from improvd import vocab
 from tests.engine_helpers import MODEL_PATH, PROJECT_ROOT
+from tests.service_helpers import offline_venv
 
 EXAMPLE = PROJECT_ROOT / "examples" / "motif.mid"
 VERSION = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -44,12 +44,8 @@ def installed(tmp_path_factory):
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
         "--wheel-dir", root / "dist", source)
     wheel = next((root / "dist").glob("improvd-*.whl"))
-    env_dir = root / "venv"
-    venv.create(env_dir, with_pip=False)
+    env_dir = offline_venv(root / "venv")
     python = env_dir / "bin" / "python"
-    site = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
-    (root / "venv" / site.split(str(env_dir) + "/", 1)[1] / "dependencies.pth").write_text(
-        sysconfig.get_paths()["purelib"] + "\n")
     run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "--quiet", wheel)
     return env_dir
 
@@ -83,3 +79,26 @@ def test_installed_package_runs_its_own_model_and_code(installed, tmp_path):
         assert model.startswith(str(installed)) and model.endswith("improvd/exported/improvd.onnx"), model
         assert Path(model).read_bytes() == MODEL_PATH.read_bytes()
         assert lines[2].startswith("trained on ")
+
+
+def test_wheel_declares_its_licences_and_plotting_as_a_small_extra(installed, tmp_path):
+    """pip shows the licence expression (the model's CC BY-NC-SA 4.0 beside the code's MIT), and
+    `pip install 'improvd[plot]'` brings matplotlib for --plot without any of training's weight."""
+    found = json.loads(run(installed / "bin" / "python", "-c",
+                           "import importlib.metadata as m, json; d = m.metadata('improvd'); "
+                           "print(json.dumps([d['License-Expression'], d.get_all('Requires-Dist')]))",
+                           cwd=tmp_path, env=user_env(tmp_path)).stdout)
+    licence, requires = found
+    assert licence == "MIT AND CC-BY-NC-SA-4.0"
+    plot = [r.split(";")[0].strip() for r in requires if 'extra == "plot"' in r]
+    assert plot == ["matplotlib>=3.8"], requires
+
+
+def test_make_demo_installs_the_runtime_and_plotting_without_training(tmp_path):
+    """What `make demo` would run on a fresh machine (make -n: nothing is run)."""
+    if shutil.which("make") is None:
+        pytest.skip("make not found")
+    result = run("make", "--no-print-directory", "-n", "demo", f"VENV={tmp_path / 'venv'}", cwd=PROJECT_ROOT)
+    installs = [line for line in result.stdout.splitlines() if " install " in line and "-e" in line]
+    assert installs == [f"{tmp_path / 'venv'}/bin/pip install --quiet -e '.[plot]'"], result.stdout
+    assert "--plot continuation.png" in result.stdout

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from improvd import vocab
-from improvd.sampler import OFF, ON, SHIFT, VELOCITY, Grammar, Sampler, Settings
+from improvd.config import Config, Live, SamplerConfig
+from improvd.sampler import OFF, ON, SHIFT, VELOCITY, Grammar, Sampler
 
 
 def grammar(own=None, sounding=(), tick=100, velocity_bin=10, after_velocity=False, note_first=False, end_tick=None):
@@ -11,7 +12,7 @@ def grammar(own=None, sounding=(), tick=100, velocity_bin=10, after_velocity=Fal
 
 
 def sampler(seed=0, **settings):
-    return Sampler(Settings(**settings), np.random.default_rng(seed))
+    return Sampler(SamplerConfig(**settings), Live.of(Config()), np.random.default_rng(seed))
 
 
 def test_note_off_only_for_own_notes_older_than_a_tick():

@@ -9,14 +9,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import mido
 import pytest
 
-from improvd import cli
+from improvd import cli, vocab
 from improvd.config import ServiceConfig, load_config
 from tests.conftest import in_ci
 from tests.engine_helpers import PROJECT_ROOT
@@ -28,6 +27,7 @@ from tests.service_helpers import (
     Player,
     improvd_command,
     log_lines,
+    offline_venv,
     write_config,
 )
 
@@ -95,7 +95,9 @@ def test_sighup_reloads_a_good_config_without_a_stuck_note_and_keeps_answering(s
     write_config(config, sampler={"temperature": 0.8}, engine={"silence_ms": 250})
     mark = len(daemon.lines)
     daemon.send_signal(signal.SIGHUP)
-    daemon.wait_line("reloaded", start=mark)
+    reloaded = daemon.lines[daemon.wait_line("reloaded", start=mark)]
+    assert "engine.silence_ms: 300 -> 250" in reloaded and "sampler.temperature: 1.0 -> 0.8" in reloaded, reloaded
+    assert "seed" not in reloaded, "only what changed"
     time.sleep(0.2)
     assert listener.unreleased() == [], "the reload left notes sounding"
     assert daemon.process.poll() is None
@@ -105,12 +107,13 @@ def test_sighup_reloads_a_good_config_without_a_stuck_note_and_keeps_answering(s
     assert listener.note_ons(since=phrase_end)
 
 
-@pytest.mark.parametrize("bad", [
-    {"engine": {"silence_ms": 5}},
-    {"model": {"path": '"missing.onnx"'}},
-    {"engine": {"mode": '"solo"'}, "sampler": {"temprature": 1}},
+@pytest.mark.parametrize("bad, problems", [
+    ({"engine": {"silence_ms": 5}}, ["engine.silence_ms: must be between 50 and 10000, got 5"]),
+    ({"model": {"path": '"missing.onnx"'}}, ["missing.onnx: model file not found"]),
+    ({"engine": {"mode": '"solo"'}, "sampler": {"temprature": 1}},
+     ["engine.mode: ", "sampler.temprature: unknown key"]),
 ], ids=["invalid-setting", "missing-model", "two-problems"])
-def test_sighup_refuses_a_bad_config_and_keeps_the_old_one_running(session, tmp_path, bad):
+def test_sighup_refuses_a_bad_config_and_keeps_the_old_one_running(session, tmp_path, bad, problems):
     config = write_config(tmp_path / "config.toml")
     daemon, player, listener = session(config)
     write_config(config, **bad)
@@ -118,11 +121,15 @@ def test_sighup_refuses_a_bad_config_and_keeps_the_old_one_running(session, tmp_
     daemon.send_signal(signal.SIGHUP)
     line = daemon.lines[daemon.wait_line("reload refused", start=mark)]
     assert "keeping the running configuration" in line
+    for problem in problems:  # each on a line of its own
+        daemon.wait_line(problem, start=mark)
     assert "reloaded" not in daemon.log()
     phrase_end = player.play()
     listener.wait_sounding()  # the old configuration still answers
     assert listener.note_ons(since=phrase_end)
     assert daemon.process.poll() is None
+    for problem in problems:
+        assert sum(problem in line for line in daemon.lines[mark:]) == 1, daemon.log()
 
 
 def test_sigusr1_logs_the_telemetry(session):
@@ -140,23 +147,30 @@ def test_sigusr1_logs_the_telemetry(session):
 
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journald", "terminal"])
-def test_log_lines_carry_timestamps_only_outside_journald(monkeypatch, capsys, journal):
+def test_log_lines_carry_priorities_under_journald_and_timestamps_outside(monkeypatch, capsys, journal):
     if journal:
         monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
     else:
         monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    cli.setup_logging("info")
+    cli.setup_logging("debug")
+    log = logging.getLogger("improvd.daemon")
     try:
-        logging.getLogger("improvd.daemon").info("ready: mode duet")
-        logging.getLogger("improvd.daemon").debug("not shown at info")
+        log.debug("heard 3 notes")
+        log.info("ready: mode duet")
+        log.warning("reload: [ports] changes take effect at the next restart")
+        log.error("reload refused:\n  engine.silence_ms: must be between 50 and 10000, got 5")
     finally:
         logging.getLogger().handlers.clear()
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1
-    if journal:
-        assert lines[0] == "INFO improvd.daemon: ready: mode duet"
+    if journal:  # sd-daemon(3) prefixes, on every line, so `journalctl -p err` shows the whole error
+        assert lines == ["<7>DEBUG improvd.daemon: heard 3 notes",
+                         "<6>INFO improvd.daemon: ready: mode duet",
+                         "<4>WARNING improvd.daemon: reload: [ports] changes take effect at the next restart",
+                         "<3>ERROR improvd.daemon: reload refused:",
+                         "<3>  engine.silence_ms: must be between 50 and 10000, got 5"]
     else:
-        assert TIMESTAMP.match(lines[0]) and lines[0].endswith("INFO improvd.daemon: ready: mode duet")
+        assert len(lines) == 5 and not any(line.startswith("<") for line in lines)
+        assert TIMESTAMP.match(lines[1]) and lines[1].endswith("INFO improvd.daemon: ready: mode duet")
 
 
 # ---- the unit files ---------------------------------------------------------------------------
@@ -240,48 +254,98 @@ def test_system_unit_verifies(systemd_analyze, tmp_path):
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+USER_PREFIX = "%h/.local/share/improvd/"  # where the user unit expects `make install-service`'s venv
+# pip offline: the venv the install makes sees this environment's dependencies (offline_venv).
+OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1", "PIP_NO_BUILD_ISOLATION": "0"}
+
+
+def make(checkout: Path, target: str, home: Path) -> subprocess.CompletedProcess:
+    """`make TARGET` as a user runs it, with HOME and XDG_CONFIG_HOME in a scratch home."""
+    result = subprocess.run(["make", "--no-print-directory", target, f"HOME={home}",
+                             f"XDG_CONFIG_HOME={home}/.config", "SYSTEMCTL=true"],
+                            cwd=checkout, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **OFFLINE_PIP})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 @pytest.fixture(scope="module")
-def user_install(tmp_path_factory) -> Path:
-    """`make install-service` into a scratch home: the user unit, config and command link."""
+def user_install(tmp_path_factory) -> tuple[Path, Path]:
+    """`make install-service` from a copy of this checkout into a scratch home: (home, checkout)."""
     if shutil.which("make") is None:
         pytest.skip("make not found")
-    improvd_executable()
-    home = tmp_path_factory.mktemp("home")
-    result = subprocess.run(
-        ["make", "--no-print-directory", "-o", ".venv/.installed", "install-service", f"HOME={home}",
-         f"XDG_CONFIG_HOME={home}/.config", "SYSTEMCTL=true", f"BIN={Path(sys.executable).parent}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return home
+    root = tmp_path_factory.mktemp("service")
+    checkout, home = root / "checkout", root / "home"
+    for name in ("improvd", "training", "exported", "systemd", "examples"):
+        shutil.copytree(PROJECT_ROOT / name, checkout / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Makefile", "pyproject.toml", "README.md", "config.toml"):
+        shutil.copy(PROJECT_ROOT / name, checkout / name)
+    offline_venv(home / ".local" / "share" / "improvd", with_pip=True)
+    make(checkout, "install-service", home)
+    return home, checkout
 
 
-def test_make_install_service_installs_unit_config_and_command_for_the_user(user_install):
-    home = user_install
+def installed_command(home: Path) -> list[str]:
+    """The installed unit's ExecStart, its specifiers expanded as systemd would for this home."""
     unit = home / ".config" / "systemd" / "user" / "improvd.service"
-    assert unit.read_text() == USER_UNIT.read_text()
+    command = directives(unit)["Service.ExecStart"][0]
+    return command.replace("%h", str(home)).replace("%E", str(home / ".config")).split()
+
+
+def test_make_install_service_installs_unit_config_and_an_environment_of_its_own(user_install):
+    home, checkout = user_install
+    unit = home / ".config" / "systemd" / "user" / "improvd.service"
+    prefix = home / ".local" / "share" / "improvd"
+    assert unit.read_text() == USER_UNIT.read_text().replace(USER_PREFIX, f"{prefix}/")
     config = load_config(home / ".config" / "improvd" / "config.toml")
     assert config.model.path.is_file(), "the installed config must find the model from its new place"
-    assert (home / ".local" / "bin" / "improvd").resolve() == improvd_executable().resolve()
+    executable = Path(installed_command(home)[0])
+    assert executable == prefix / "bin" / "improvd" and executable.is_file()
+    assert checkout not in executable.resolve().parents
 
 
-def test_make_install_service_keeps_an_edited_config(user_install):
-    config = user_install / ".config" / "improvd" / "config.toml"
+def test_make_install_service_again_upgrades_and_keeps_an_edited_config(user_install):
+    home, checkout = user_install
+    config = home / ".config" / "improvd" / "config.toml"
     config.write_text(config.read_text() + "\n# edited by hand\n")
-    result = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "install-service",
-                             f"HOME={user_install}", f"XDG_CONFIG_HOME={user_install}/.config", "SYSTEMCTL=true"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    (checkout / "improvd" / "__init__.py").write_text('"""improvd, upgraded."""\n')
+    make(checkout, "install-service", home)
     assert config.read_text().endswith("# edited by hand\n")
+    installed = next((home / ".local" / "share" / "improvd").glob("lib/python*/site-packages/improvd/__init__.py"))
+    assert installed.read_text() == '"""improvd, upgraded."""\n'
 
 
 def test_user_unit_verifies_as_installed(systemd_analyze, user_install, tmp_path):
+    home, _ = user_install
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
-    unit = user_install / ".config" / "systemd" / "user" / "improvd.service"
+    unit = home / ".config" / "systemd" / "user" / "improvd.service"
     result = analyze(systemd_analyze, "--user", "verify", str(unit),
-                     env={"HOME": str(user_install), "XDG_CONFIG_HOME": f"{user_install}/.config",
-                          "XDG_RUNTIME_DIR": str(runtime)})
+                     env={"HOME": str(home), "XDG_CONFIG_HOME": f"{home}/.config", "XDG_RUNTIME_DIR": str(runtime)})
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_installed_service_runs_after_make_clean_and_without_the_checkout(user_install, tmp_path):
+    home, checkout = user_install
+    make(checkout, "clean", home)
+    shutil.copy(checkout / "examples" / "motif.mid", tmp_path / "motif.mid")
+    shutil.rmtree(checkout)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "JOURNAL_STREAM")}
+    command = installed_command(home)
+    for args in (["--version"], ["--seed-file", "motif.mid", "--output-file", "out.mid", "--length", "1"]):
+        result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                env={**env, "HOME": str(home)})
+        assert result.returncode == 0, result.stderr
+    assert vocab.midi_to_notes(mido.MidiFile(tmp_path / "out.mid"), track=1), "no continuation"
+
+
+def test_make_uninstall_service_removes_unit_and_environment_and_keeps_the_config(user_install):
+    home, _ = user_install  # the checkout may be gone: any checkout's Makefile uninstalls
+    make(PROJECT_ROOT, "uninstall-service", home)
+    assert not (home / ".config" / "systemd" / "user" / "improvd.service").exists()
+    assert not (home / ".local" / "share" / "improvd").exists()
+    assert (home / ".config" / "improvd" / "config.toml").is_file()
 
 
 def test_system_unit_security_exposure_is_at_most_2(systemd_analyze):

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", default="",
                         help="comma-separated numbers of candidates, one row each ('' : improvd's default)")
     parser.add_argument("--extra", default="", help="more improvd arguments for every row, space-separated")
-    parser.add_argument("--seed", type=int, default=1, help="sampler seed of the first primer (then +1 each)")
+    parser.add_argument("--random-seed", type=int, default=1, help="improvd's random seed, first primer (then +1 each)")
     parser.add_argument("--report", default=REPORT)
     parser.add_argument("--plots", type=int, default=0,
                         help="piano rolls (primer + answer) of the first N primers, beside the report")
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                     tag = "-".join(setting).replace("--", "") or "default"
                     plot = Path(args.report).with_name(f"listen-{number}-{tag}.png")
                     plot.parent.mkdir(parents=True, exist_ok=True)
-                error = run_improvd(primer_path, answer_path, model, args.seed + number, setting + extra, plot)
+                error = run_improvd(primer_path, answer_path, model, args.random_seed + number, setting + extra, plot)
                 answer = [] if error else answer_notes(answer_path)
                 if error:
                     errors.setdefault(name, []).append(f"{piece}: {error}")

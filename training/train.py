@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, default=MAX_MINUTES, help="stop after this much training time")
     parser.add_argument("--lr-final", type=float, default=LR_FINAL,
                         help="with --max-minutes: decay the learning rate linearly to lr x this by the end")
-    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--random-seed", type=int, default=SEED)
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--init", type=Path,
@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     train_pieces = load_split(data, "train")
     validation_pieces = load_split(data, "validation")
     train_tokens = sum(len(p) for p in train_pieces)
-    keras.utils.set_random_seed(args.seed + initial_epoch)
-    rng = np.random.default_rng(args.seed + initial_epoch)
+    keras.utils.set_random_seed(args.random_seed + initial_epoch)
+    rng = np.random.default_rng(args.random_seed + initial_epoch)
 
     strategy = make_strategy(args.strategy)
     with strategy.scope():

@@ -1,0 +1,76 @@
+"""The player's phrase: when it ends (the silence deadline) and the answer planned for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from improvd import vocab
+from improvd.config import EngineConfig, Live
+
+
+def ticks(seconds: float) -> int:
+    return round(seconds / vocab.TICK_S)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the answer starts and ends, as the engine will play it."""
+
+    deadline: float
+    answer_end: float
+    output_offset: float  # output times are stream (grid) times plus this
+
+    @property
+    def end_tick(self) -> int:
+        return ticks(self.answer_end - self.output_offset)
+
+
+class Phrase:
+    """The phrase the player is playing, from its first note to the last thing heard."""
+
+    def __init__(self, config: EngineConfig, live: Live, now: float) -> None:
+        self.config, self.live = config, live
+        self.start: float | None = None  # the first note; None between phrases
+        self.notes: list[tuple[int, int]] = []  # (pitch, velocity) of the phrase's notes
+        self.last_heard = now  # the player's last event
+        self.next_length: float | None = None  # the next answer's length, if given (a primer's)
+        self._start_before_answer: float | None = None
+
+    def strike(self, pitch: int, velocity: int, now: float) -> None:
+        if self.start is None:
+            self.start = now
+            self.notes = []
+        self.notes.append((pitch, velocity))
+
+    def deadline(self, keys_down: bool) -> float | None:
+        """When the phrase counts as ended: ``silence_ms`` after the player's last event,
+        with every key up (a held note or pedal is not silence)."""
+        if self.start is None or keys_down:
+            return None
+        return self.last_heard + self.config.silence_ms / 1000
+
+    def length(self) -> float:
+        start = self.last_heard if self.start is None else self.start
+        return max(0.0, self.last_heard - start)
+
+    def plan(self, deadline: float) -> Plan:
+        """The answer: starting exactly on the deadline (not on the 10 ms grid the model
+        counts in: output times are grid times plus an offset under 5 ms), as long as the
+        phrase times the live ratio, within the configured bounds."""
+        length = self.next_length
+        if length is None:
+            length = min(max(self.live.answer_ratio * self.length(), self.config.min_answer_s),
+                         self.config.max_answer_s)
+        return Plan(deadline, deadline + length, deadline - ticks(deadline) * vocab.TICK_S)
+
+    def answered(self) -> None:
+        """The answer starts: the phrase is over (until the answer is taken back unheard)."""
+        self.next_length = None
+        self._start_before_answer, self.start = self.start, None
+
+    def unanswered(self) -> None:
+        """The answer was taken back before it began: the phrase goes on."""
+        self.start = self._start_before_answer
+
+    def end(self) -> None:
+        self.start = None
