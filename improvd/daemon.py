@@ -114,6 +114,7 @@ class Daemon:
         self.midi: Midi | None = None
         self.server_lost_at: float | None = None  # since when the MIDI server has been gone
         self.recreated: tuple[float, int] | None = None  # (when, JACK's xrun count then) after a server return
+        self.tempo_source: str | None = None  # where the tempo comes from, as last logged
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class Daemon:
                 self.scheduler.submit(self.engine.on_message(message, arrival, time.monotonic()))
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             # Silence is judged at the oldest input still queued, not at the clock.
-            self.scheduler.submit(self.engine.poll(min(time.monotonic(), self.inbox.oldest())))
+            self.scheduler.submit(self._on_grid(self.engine.poll(min(time.monotonic(), self.inbox.oldest()))))
             self._record_choice(self.engine.take_choice())
             now = time.monotonic()
             if self.notifier.active:
@@ -240,6 +241,21 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+
+    def _on_grid(self, reply: Reply) -> Reply:
+        """Telemetry: how far each generated onset is scheduled from the grid, while a tempo
+        is known; a log line when the tempo's source changes."""
+        now = time.monotonic()
+        tempo = self.engine.beat.tempo(now)
+        if (tempo and tempo[1]) != self.tempo_source:
+            self.tempo_source = tempo and tempo[1]
+            log.info("tempo: %s", f"{tempo[0].bpm_at(now):.1f} bpm ({tempo[1]})" if tempo else "none: free time")
+        for timed in reply.messages:
+            if timed.message.type == "note_on" and timed.message.velocity and not timed.passthrough:
+                distance = self.engine.beat.distance(timed.time, now)
+                if distance is not None:
+                    self.telemetry.record("onset_to_grid", distance)
+        return reply
 
     def _record_choice(self, choice: candidates_module.Choice | None) -> None:
         """Candidate figures for the telemetry line (the engine logs each choice at debug)."""
@@ -384,8 +400,9 @@ class Daemon:
                    ] if self.server_lost_at is not None else []
         parts = waiting + [f"mode {engine.live.mode if engine else self.config.engine.mode}",
                  f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
-        if engine is not None and engine.controls.clock_bpm:
-            parts.append(f"clock {engine.controls.clock_bpm:.0f} bpm")
+        tempo = engine.beat.tempo(time.monotonic()) if engine is not None else None
+        if tempo is not None:
+            parts.append(f"tempo {tempo[0].bpm_at(time.monotonic()):.1f} bpm ({tempo[1]})")
         if engine is not None and not engine.controls.playing:
             parts.append("stopped by MIDI clock")
         latency = self.telemetry.snapshot()["latency"]["phrase_end_to_first_note"]

@@ -214,7 +214,8 @@ def test_midi_clock_stop_and_start():
     assert room.sent == [] and not eng.controls.playing
     for i in range(48):
         eng.on_message(mido.Message("clock"), 4.0 + i * 60 / (24 * 120), 4.0 + i * 60 / (24 * 120))
-    assert eng.controls.clock_bpm == pytest.approx(120, rel=0.01)
+    tempo, source = eng.beat.tempo(4.0 + 48 * 60 / (24 * 120))
+    assert source == "MIDI clock" and tempo.bpm_at(4.0) == pytest.approx(120, rel=0.01)
     run(eng, room, 4.5, 8.0, events=[(4.5, mido.Message("start"))] + phrase(4.6))
     assert answer_notes(room)
 

@@ -134,3 +134,47 @@ def test_seed_track_output_keeps_the_files_tempo_map_with_that_track(tmp_path: P
 def test_continuation_only_needs_an_output_file() -> None:
     result = improvd("--seed-file", "x.mid", "--continuation-only")
     assert result.returncode == 2 and "--continuation-only needs --output-file" in result.stderr
+
+
+def onset_ticks(track: mido.MidiTrack) -> list[int]:
+    return [t for t, kind, _, velocity in note_events(track) if kind == "note_on" and velocity > 0]
+
+
+def test_continuation_starts_on_the_next_bar_of_the_motif_and_keeps_to_its_grid(tmp_path: Path) -> None:
+    """90 bpm in 3/4: the motif's last note ends at beat 6 (4 s), the silence at 4.5 s
+    (beat 6.75): the continuation opens on beat 9, the downbeat of bar 4, lasts whole bars
+    and has every onset on a sixteenth."""
+    seed = waltz(tmp_path / "waltz.mid")
+    out = continue_file(seed, tmp_path / "out.mid", "--answer-start", "bar", "--quantize", 1)
+    onsets = onset_ticks(out.tracks[2])
+    assert onsets[0] == 9 * TICKS_PER_BEAT
+    assert all(tick % (TICKS_PER_BEAT // 4) == 0 for tick in onsets), onsets
+    bar = 3 * TICKS_PER_BEAT
+    end = max(t for t, *_ in note_events(out.tracks[2]))
+    assert end <= 9 * TICKS_PER_BEAT + 2 * bar  # 4 s of motif: two bars of answer
+
+
+def test_bpm_gives_a_file_without_a_tempo_its_grid(tmp_path: Path) -> None:
+    """A motif recorded in free time (the file says nothing but MIDI's default 120 bpm):
+    with --bpm 100 the continuation starts on a beat of 100 bpm counted from the file's
+    start and its onsets keep to the sixteenths of that tempo, in seconds."""
+    midi = mido.MidiFile(type=0, ticks_per_beat=480)
+    track = mido.MidiTrack()
+    for pitch, length in ((60, 310), (62, 170), (64, 440), (67, 260)):
+        track += [mido.Message("note_on", note=pitch, velocity=70), mido.Message("note_off", note=pitch, time=length)]
+    midi.tracks.append(track)
+    seed = tmp_path / "free.mid"
+    midi.save(seed)
+    out = continue_file(seed, tmp_path / "out.mid", "--bpm", 100, "--answer-start", "beat", "--quantize", 1)
+    onsets = [t for t, m in vocab.midi_messages(out, 1) if m.type == "note_on" and m.velocity > 0]
+    sixteenth = 60 / 100 / 4
+    assert onsets[0] / (4 * sixteenth) == pytest.approx(round(onsets[0] / (4 * sixteenth)), abs=0.01)
+    assert all(abs(t / sixteenth - round(t / sixteenth)) * sixteenth < 0.002 for t in onsets), onsets
+
+
+def test_without_beat_options_the_file_tempo_changes_nothing(tmp_path: Path) -> None:
+    """The defaults (answer_start = "silence", quantize = 0) continue a 90 bpm motif a
+    silence after its end, off any grid: exactly as without a tempo."""
+    seed = waltz(tmp_path / "waltz.mid")
+    plain = continue_file(seed, tmp_path / "plain.mid")
+    assert onset_ticks(plain.tracks[2])[0] == round((4.0 + SILENCE_S) / (60 / 90) * TICKS_PER_BEAT)
