@@ -11,6 +11,7 @@ import mido
 import pytest
 
 from improvd import vocab
+from improvd.errors import UsageError
 
 TICKS_PER_BEAT = 384  # not mido's 480: a resolution that must be kept, not reset
 SILENCE_S = 0.5  # config.toml's silence_ms
@@ -133,7 +134,7 @@ def test_seed_track_output_keeps_the_files_tempo_map_with_that_track(tmp_path: P
 
 def test_continuation_only_needs_an_output_file() -> None:
     result = improvd("--seed-file", "x.mid", "--continuation-only")
-    assert result.returncode == 2 and "--continuation-only needs --output-file" in result.stderr
+    assert result.returncode == UsageError.exit_code and "--continuation-only needs --output-file" in result.stderr
 
 
 def onset_ticks(track: mido.MidiTrack) -> list[int]:
