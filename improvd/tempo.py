@@ -134,7 +134,8 @@ class Grid:
         """The grid positions at or before ``beat`` and after it."""
         pair = 2 * self.step
         start = (beat // pair) * pair
-        points = (start, start + self.step * (1 + self.swing), start + pair)
+        offbeat = self.step * (1 + self.swing)
+        points = (start, start + offbeat, start + pair, start + pair + offbeat)
         before = max(p for p in points if p <= beat + EPSILON_BEATS)
         return before, min(p for p in points if p > before)
 

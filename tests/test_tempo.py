@@ -227,3 +227,11 @@ def test_lost_clocks_do_not_move_the_beat() -> None:
     for at in arrivals:
         follower.clock(at)
     assert follower.tempo.seconds_at(6) == pytest.approx(3.0, abs=1e-6)
+
+
+def test_a_time_a_hair_before_a_grid_line_is_on_it() -> None:
+    tempo = TempoMap.steady(100)
+    grid = Grid.parse("1/16")
+    for beat in (0.5 - 1e-9, 2.0 - 1e-9, 7.25 - 1e-12):
+        assert grid.distance(tempo.seconds_at(beat), tempo) == pytest.approx(0.0, abs=1e-6)
+        assert grid.place_ahead(tempo.seconds_at(beat), tempo, 1.0, 0.005) == pytest.approx(tempo.seconds_at(beat))
