@@ -173,23 +173,32 @@ class ClockFollower:
         self.beats_per_bar = beats_per_bar
         self.clocks: deque[tuple[int, float]] = deque(maxlen=CLOCK_WINDOW)  # (clock number, arrival)
         self.position = 0  # number of the next clock: 24 per beat from the song's start
+        self.skipped = 0  # clocks the last one was counted as coming after, unheard
         self.running = True  # until a Stop; clock alone (no Start) still gives a tempo
         self.tempo: TempoMap | None = None
 
     def clock(self, now: float) -> None:
         """A clock arrived at ``now``. Clocks can be lost on the way (a MIDI server that
         overruns drops events): one arriving two or more periods after where the last one
-        lies on the fitted line counts the ones missed, so the beat stays where it is."""
+        lies on the fitted line counts the ones missed. Or they can arrive late (a busy
+        machine): when the next one then comes about when the last was due, the last was
+        late, not clocks lost, and it takes its own place back."""
         if self.clocks:
             number, last = self.clocks[-1]
             steps = 1
             if self.tempo is not None:
                 period = 60.0 / self.tempo.bpm_at(now) / CLOCKS_PER_BEAT
                 steps = round((now - self.tempo.seconds_at(number / CLOCKS_PER_BEAT)) / period)
+                if steps <= 0 and self.skipped:
+                    self.clocks[-1] = (number - self.skipped, last)
+                    self.position -= self.skipped
+                    steps = 1
+            self.skipped = 0
             if now <= last or steps > CLOCK_GAP:
                 self.clocks.clear()  # out of order, or a pause: the fit starts anew
             elif steps > 1:
-                self.position += steps - 1
+                self.skipped = steps - 1
+                self.position += self.skipped
         self.clocks.append((self.position, now))
         self.position += 1
         self._fit()

@@ -235,3 +235,19 @@ def test_a_time_a_hair_before_a_grid_line_is_on_it() -> None:
     for beat in (0.5 - 1e-9, 2.0 - 1e-9, 7.25 - 1e-12):
         assert grid.distance(tempo.seconds_at(beat), tempo) == pytest.approx(0.0, abs=1e-6)
         assert grid.place_ahead(tempo.seconds_at(beat), tempo, 1.0, 0.005) == pytest.approx(tempo.seconds_at(beat))
+
+
+def test_clocks_arriving_late_do_not_move_the_beat() -> None:
+    """A busy machine hands clocks over late, one at a time or several at once: they are
+    not clocks lost."""
+    follower = ClockFollower()
+    follower.start()
+    period = 60 / 100 / 24
+    arrivals = [i * period for i in range(24 * 6)]
+    arrivals[40] += 0.7 * period  # one clock late by most of a period
+    for i in (70, 71):  # three handed over together, with the third
+        arrivals[i] = arrivals[72] + 0.0001 * (i - 70)
+    arrivals[72] += 0.0002
+    for at in arrivals:
+        follower.clock(at)
+    assert follower.tempo.seconds_at(6) == pytest.approx(6 * 0.6, abs=0.002)
