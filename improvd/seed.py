@@ -38,6 +38,7 @@ class Motif:
     track: int | None  # the track the motif was read from; None: all of them
     start: float  # seconds from the file's start to the messages' zero
     tempo: TempoMap
+    cut: bool = False  # only part of the file primes (a long one's end, or --seed-from)
 
 
 def read_seed(path: Path, track: int | None = None, start: float | None = None) -> list[tuple[float, mido.Message]]:
@@ -88,14 +89,16 @@ def read_motif(path: Path, track: int | None = None, start: float | None = None)
         raise InputFileError(f"{path}: no notes to continue{in_track}")
     if start is not None:
         begin, messages = _window(path, pitched, start, min(file_end, start + SEED_WINDOW_S))
+        cut = True
     else:
         messages = pitched + released_at_end(pitched, max(file_end, pitched[-1][0]))
         first, end = _onsets(messages)[0], messages[-1][0]
         begin = max(first, end - SEED_WINDOW_S)
-        if begin > first:
+        cut = begin > first
+        if cut:
             log.info("%s: %.0f s long; priming with its last %.0f s only (from %.1f s; --seed-from S chooses where)",
                      path, end - first, SEED_WINDOW_S, begin)
-    return Motif([(t - begin, m) for t, m in messages if t >= begin], midi, track, begin, tempo)
+    return Motif([(t - begin, m) for t, m in messages if t >= begin], midi, track, begin, tempo, cut)
 
 
 def _onsets(messages: list[tuple[float, mido.Message]]) -> list[float]:
@@ -201,6 +204,9 @@ def write_continuation(path: Path, motif: Motif, continuation: list[vocab.Note],
     notes = [(0, mido.MetaMessage("track_name", name="improvd"))] + continuation_track(motif, continuation, channel)
     if alone:
         tracks = [_relative(_conductor(source.tracks) + notes)]
+    elif motif.cut:  # the part that primed, at its ticks, on the whole file's tempo map
+        primed = [(_tick(motif, t), m) for t, m in motif.messages]
+        tracks = [_relative(_conductor(source.tracks) + primed), _relative(notes)]
     elif motif.track is None:
         tracks = [track.copy() for track in source.tracks] + [_relative(notes)]
     else:
@@ -217,19 +223,19 @@ def write_continuation(path: Path, motif: Motif, continuation: list[vocab.Note],
 def continuation_track(motif: Motif, continuation: list[vocab.Note], channel: int) -> list[tuple[int, mido.Message]]:
     """(tick, message) for the continuation in the motif's ticks; a note keeps at least one
     tick, and a key struck again is released first."""
-    ticks_per_beat = motif.midi.ticks_per_beat
-
-    def tick(seconds: float) -> int:
-        return round(motif.tempo.beat_at(motif.start + seconds) * ticks_per_beat)
-
     released: dict[int, int] = {}
     events = []
     for note in sorted(continuation, key=lambda n: n.start):
-        on = max(tick(note.start), released.get(note.pitch, 0))
-        off = released[note.pitch] = max(tick(note.end), on + 1)
+        on = max(_tick(motif, note.start), released.get(note.pitch, 0))
+        off = released[note.pitch] = max(_tick(motif, note.end), on + 1)
         events.append((on, 1, mido.Message("note_on", note=note.pitch, velocity=note.velocity, channel=channel)))
         events.append((off, 0, mido.Message("note_off", note=note.pitch, velocity=0, channel=channel)))
     return [(t, m) for t, _, m in sorted(events, key=lambda event: event[:2])]
+
+
+def _tick(motif: Motif, seconds: float) -> int:
+    """The file's tick at ``seconds`` from the motif's zero."""
+    return round(motif.tempo.beat_at(motif.start + seconds) * motif.midi.ticks_per_beat)
 
 
 def _absolute(track: mido.MidiTrack) -> list[tuple[int, mido.Message]]:

@@ -273,7 +273,7 @@ SOURCES = ("JACK transport", "file", "MIDI clock", "set by hand")
 class Beat:
     """What the engine asks about tempo: the beats now (from a fixed map, such as a seed
     file's or JACK transport's; else from MIDI clock; else from a tempo set by hand, its
-    beat 1 on the first note heard), where an answer starts and ends, and where an onset
+    beat 1 on the first note heard or played), where an answer starts and ends, and where an onset
     is played. ``config``: the engine section (tempo_bpm, beats_per_bar, answer_start,
     answer_bars, quantize, grid, swing). Without a tempo it changes nothing."""
 
@@ -328,7 +328,10 @@ class Beat:
         return answer_span(deadline, length, tempo[0], self.config.answer_start, self.config.answer_bars)
 
     def place(self, onset: float, now: float, slack: float) -> float:
-        """Where a generated onset due at ``onset`` is played (see Grid.place_ahead)."""
+        """Where a generated onset due at ``onset`` is played (see Grid.place_ahead). In
+        duet improvd may play first: its first note is then beat 1 of a tempo set by hand."""
+        if self.config.tempo_bpm > 0 and self.anchor is None:
+            self.anchor = onset
         tempo = self.tempo(now)
         if tempo is None or self.config.quantize <= 0:
             return onset

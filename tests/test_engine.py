@@ -284,3 +284,16 @@ def test_random_input_never_crashes_and_leaves_nothing_sounding(timeline, mode):
     room.submit(eng.panic(now + 0.3))
     room.advance(now + 10)
     assert not room.sounding and not room.problems
+
+
+def test_duet_onsets_keep_to_the_grid_of_a_tempo_set_by_hand():
+    """A tempo by hand counts beat 1 from the first note, the player's or (in duet, where
+    improvd may begin) improvd's; at 120 bpm every onset improvd plays lies on a sixteenth
+    (125 ms) from there."""
+    eng = make_engine(mode="duet", tempo_bpm=120, quantize=1.0)
+    room = Room()
+    run(eng, room, 0.0, 4.0, events=phrase(0.3))
+    onsets = [t.time for t in room.sent if t.message.type == "note_on" and t.message.velocity and not t.passthrough]
+    assert len(onsets) >= 4 and not room.problems
+    first = min(onsets[0], 0.3)
+    assert all(abs((t - first) / 0.125 - round((t - first) / 0.125)) < 1e-6 for t in onsets), onsets
