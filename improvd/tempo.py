@@ -64,6 +64,15 @@ class TempoMap:
             last_tick, last_tempo = change, tempo
         return cls(tuple(segments), tuple((t / ticks_per_beat, bpb) for t, bpb in sorted(meters.items())))
 
+    @classmethod
+    def of_transport(cls, bpm: float, bar: int, beat: int, tick: float, ticks_per_beat: float,
+                     beats_per_bar: float, at: float, beat_type: float = 4.0) -> TempoMap:
+        """JACK transport's position (bar and beat from 1, ``tick`` into the beat; its beats
+        of 1/``beat_type`` notes) at time ``at``, as a steady map in quarter notes."""
+        quarter = 4.0 / beat_type
+        position = ((bar - 1) * beats_per_bar + (beat - 1) + tick / ticks_per_beat) * quarter
+        return cls.steady(bpm * quarter, at, position, beats_per_bar * quarter)
+
     def shifted(self, seconds: float) -> TempoMap:
         """The same map on a clock ``seconds`` ahead."""
         return replace(self, segments=tuple((b, s + seconds, spb) for b, s, spb in self.segments))

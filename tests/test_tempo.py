@@ -251,3 +251,15 @@ def test_clocks_arriving_late_do_not_move_the_beat() -> None:
     for at in arrivals:
         follower.clock(at)
     assert follower.tempo.seconds_at(6) == pytest.approx(6 * 0.6, abs=0.002)
+
+
+def test_jack_transport_position_gives_the_beats_and_bars() -> None:
+    # Bar 3, beat 2, half-way through it, in 3/4 at 90 bpm, read at t = 100 s.
+    tempo = TempoMap.of_transport(90, bar=3, beat=2, tick=960, ticks_per_beat=1920, beats_per_bar=3, at=100.0)
+    assert tempo.beat_at(100.0) == pytest.approx(2 * 3 + 1.5)
+    assert tempo.next_bar(100.0) == pytest.approx(100.0 + 1.5 * 60 / 90)  # bar 4: a beat and a half on
+    # 6/8 counts eighths: 120 eighths per minute are 60 quarter notes.
+    eighths = TempoMap.of_transport(120, bar=1, beat=4, tick=0, ticks_per_beat=1920, beats_per_bar=6, at=0.0,
+                                    beat_type=8)
+    assert eighths.bpm_at(0.0) == pytest.approx(60) and eighths.beat_at(0.0) == pytest.approx(1.5)
+    assert eighths.next_bar(0.0) == pytest.approx(1.5)  # three eighths to the next bar: 1.5 s
