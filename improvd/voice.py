@@ -98,10 +98,11 @@ class Voice:
             if token is None:
                 token = self.sampler.sample(self.stream.state.logits[0], self._grammar())
             at = max(time + self.offset, self.floor)
-            if vocab.decode(token).type is vocab.EventType.NOTE_ON:
-                at = self._place(at, until)
-                if not self._still_allowed(token):
+            if self.beat.config.quantize > 0 and vocab.decode(token).type is vocab.EventType.NOTE_ON:
+                placed = self._place(at, until)
+                if placed != at and not self._still_allowed(token):
                     continue  # moved on to the grid, where the grammar wants something else first
+                at = placed
             message = self._emit(token, at)
             if message is not None:
                 # The planned time of the answer's first note: its deadline, or the grid line after it.
