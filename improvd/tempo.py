@@ -20,7 +20,7 @@ DEFAULT_TEMPO = 500_000  # microseconds per beat when a file sets none (MIDI's 1
 CLOCKS_PER_BEAT = 24
 CLOCKS_PER_SONG_POSITION = 6  # Song Position Pointer counts sixteenth notes
 MIN_BPM, MAX_BPM = 20.0, 400.0  # a clock outside these is noise, a paused sender or a glitch
-CLOCK_WINDOW = CLOCKS_PER_BEAT + 1  # ticks fitted: one beat, so a tempo change is followed within a beat
+CLOCK_WINDOW = CLOCKS_PER_BEAT + 1  # clocks fitted: one beat, so a tempo change is followed within a beat
 CLOCK_GAP = 12  # a clock this many periods after the last one: the clock paused, the fit starts anew
 EPSILON_BEATS = 1e-6  # a time this close to a beat counts as on it
 GRID = re.compile(r"^1/(\d+)(t?)$")
@@ -234,6 +234,7 @@ class ClockFollower:
         """A new position: the clocks before it no longer line up with the ones to come (a
         pause lies between), so the fit starts anew from the tempo known so far."""
         self.clocks.clear()
+        self.skipped = 0
 
     def _fit(self) -> None:
         if len(self.clocks) < 2:
@@ -256,9 +257,6 @@ class ClockFollower:
         self.tempo = TempoMap.steady(bpm, at, last / CLOCKS_PER_BEAT, self.beats_per_bar)
 
 
-ANSWER_STARTS = ("silence", "beat", "bar")
-
-
 def answer_span(deadline: float, length: float, tempo: TempoMap, start_on: str, bars: int) -> tuple[float, float]:
     """(start, end) of an answer when a tempo is known. It starts on the silence deadline,
     or on the first beat or downbeat at or after it (``start_on``); it lasts ``bars`` bars,
@@ -276,7 +274,6 @@ def answer_span(deadline: float, length: float, tempo: TempoMap, start_on: str, 
 
 
 CLOCK_STALE_S = 1.0  # MIDI clock unheard this long no longer sets the tempo
-SOURCES = ("JACK transport", "file", "MIDI clock", "set by hand")
 
 
 class Beat:
