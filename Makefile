@@ -26,28 +26,29 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check improvd training tests bench
+	$(BIN)/ruff check improvd improvd_train tests bench
 
-# Reproduces the shipped model: the score model shipped before it (commit d308d03, made there by
-# `make model` from music21's corpus), fine-tuned on the performance MIDI in $(DATA) (ASAP +
-# POP909): about 2 min to prepare, 50 min to fine-tune on 2 cores (a wall-clock budget: the
-# learning rate decays linearly against it), then export int8, evaluate, and the listener checks.
+# Continues the model exported/ ships: its int8 weights, dequantised, are the starting point (a copy
+# of it and its card go to runs/start/, so the card's lineage can name it), trained further on the
+# performance MIDI in $(DATA) (ASAP + POP909) with a fresh learning-rate schedule that decays linearly
+# over MINUTES of wall clock; then export int8 (the card gains one lineage entry), evaluate, and the
+# listener checks. About 2 min to prepare, MINUTES to train on 2 cores. See docs/training.md.
 DATA ?= ../shared/data
-SCORE_MODEL_COMMIT := d308d03
-runs/scores/improvd.onnx:
-	mkdir -p runs/scores
-	git show $(SCORE_MODEL_COMMIT):exported/improvd.onnx > $@
+MINUTES ?= 150
+RUN ?= runs/default
 
-model: $(STAMP) runs/scores/improvd.onnx
-	$(BIN)/python -m training.prepare --corpus '' --performances $(DATA)/asap --folder $(DATA)/pop909 \
+model: $(STAMP)
+	$(BIN)/python -m improvd_train.prepare --corpus '' --performances $(DATA)/asap --folder $(DATA)/pop909 \
 		--out data/performance
-	$(BIN)/python -m training.train --data data/performance --out runs/default --init runs/scores/improvd.onnx \
-		--layers 3 --units 256 --embedding 128 --seq-len 512 --batch 32 --dropout 0.05 --steps-per-epoch 200 \
-		--epochs 100 --lr 1e-3 --lr-final 0.05 --max-minutes 50
-	$(BIN)/python -m training.export --run runs/default --out exported/improvd --quantize
-	$(BIN)/python -m training.evaluate --model exported/improvd.onnx --data data/performance \
+	rm -rf runs/start $(RUN) && mkdir -p runs/start && cp exported/improvd.onnx exported/improvd.json runs/start/
+	$(BIN)/python -m improvd_train.train --data data/performance --out $(RUN) --init runs/start/improvd.onnx \
+		--layers 3 --units 256 --embedding 128 --seq-len 512 --batch 32 --dropout 0 --clip-norm 3 \
+		--transpose 6 --stretch 0.15 --velocity-scale 0.2 --steps-per-epoch 200 --epochs 1000 --patience 1000 \
+		--lr 1e-3 --lr-final 0.05 --warmup-steps 100 --max-minutes $(MINUTES)
+	$(BIN)/python -m improvd_train.export --run $(RUN) --out exported/improvd --quantize
+	$(BIN)/python -m improvd_train.evaluate --model exported/improvd.onnx --data data/performance \
 		--report exported/improvd.eval.json
-	$(BIN)/python -m training.listen --model exported/improvd.onnx --data data/performance \
+	$(BIN)/python -m improvd_train.listen --model exported/improvd.onnx --data data/performance \
 		--report exported/improvd.listen.json --candidates 1,8 --plots 3
 
 bench: $(STAMP)

@@ -30,7 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from improvd import vocab  # noqa: E402
-from training import evaluate, export, train  # noqa: E402
+from improvd_train import evaluate, export, train  # noqa: E402
 
 # ---- defaults -------------------------------------------------------------------------
 RUN = "runs/default"
@@ -58,6 +58,14 @@ def from_run(run: Path, folder: Path) -> tuple[dict, dict[str, Path], object]:
     export.convert(model, size["layers"], size["units"], paths["fp32"])
     export.quantize(paths["fp32"], paths["int8"])
     return size, paths, model
+
+
+def have_keras() -> bool:
+    try:
+        import keras  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def cuda_session(path: Path):
@@ -112,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"bench: {metadata} not found: the model's size comes from its metadata")
         size = {key: json.loads(metadata.read_text())["architecture"][key]
                 for key in ("layers", "units", "embedding", "dropout")}
-        keras_model = train.build_model(**size)  # the seed approach's cost does not depend on weights
+        # the seed approach's cost does not depend on weights; a machine without Keras (a GPU
+        # machine with PyTorch only) times the step model alone
+        keras_model = train.build_model(**size) if have_keras() else None
         source = {name: str(p) for name, p in paths.items()}
     else:
         run = Path(args.run or RUN)
@@ -141,28 +151,29 @@ def main(argv: list[str] | None = None) -> None:
         for batch in BATCHES:
             measure(precision, "CUDA", session, 1, batch)
 
-    predict = evaluate.latency(per_note(lambda x: keras_model.predict(x, verbose=0),
-                                        args.window, args.notes))
-    call = evaluate.latency(per_note(lambda x: keras_model(x, training=False),
-                                     args.window, args.notes))
-    baseline = {r["precision"]: r["p50_us"] for r in rows
-                if r["provider"] == "CPU" and r["threads"] == 1 and r["batch"] == 1}
-    ratios = {precision: predict["p50_us"] / us for precision, us in baseline.items()}
+    seed_approach = None
+    if keras_model is not None:
+        predict = evaluate.latency(per_note(lambda x: keras_model.predict(x, verbose=0),
+                                            args.window, args.notes))
+        call = evaluate.latency(per_note(lambda x: keras_model(x, training=False),
+                                         args.window, args.notes))
+        baseline = {r["precision"]: r["p50_us"] for r in rows
+                    if r["provider"] == "CPU" and r["threads"] == 1 and r["batch"] == 1}
+        ratios = {precision: predict["p50_us"] / us for precision, us in baseline.items()}
+        seed_approach = {"predict_per_note": predict, "call_per_note": call, "ratio_predict_to_step": ratios}
     tmp.cleanup()
 
     import onnxruntime
-    import tensorflow as tf
 
     results = {
-        "machine": {**evaluate.machine(), "tensorflow": tf.__version__,
+        "machine": {**evaluate.machine(), "keras": keras_model is not None,
                     "onnxruntime_providers": onnxruntime.get_available_providers()},
         "model": {**size, "source": source},
         "settings": {"steps": args.steps, "warmup": WARMUP, "window": args.window,
                      "notes": args.notes, "tensorflow_threads": "default (all cores)"},
         "steps": rows,
         "cuda": {"measured": cuda_reason is None, "reason": cuda_reason},
-        "seed_approach": {"predict_per_note": predict, "call_per_note": call,
-                          "ratio_predict_to_step": ratios},
+        "seed_approach": seed_approach,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,12 +189,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['per_candidate_us']:>14.1f}")
     if cuda_reason:
         print(f"CUDA skipped: {cuda_reason}")
-    print(f"\nseed approach, per generated note over a {args.window}-note window "
-          f"({args.notes} notes, TensorFlow on all cores):")
-    for name, result in (("model.predict", predict), ("model(x) call", call)):
-        print(f"  {name:<14} p50 {result['p50_us'] / 1e3:8.2f} ms   p99 {result['p99_us'] / 1e3:8.2f} ms")
-    print("  predict / one step (CPU, 1 thread, batch 1): "
-          + ", ".join(f"{precision} {ratio:,.0f}x" for precision, ratio in ratios.items()))
+    if seed_approach:
+        print(f"\nseed approach, per generated note over a {args.window}-note window "
+              f"({args.notes} notes, TensorFlow on all cores):")
+        for name, key in (("model.predict", "predict_per_note"), ("model(x) call", "call_per_note")):
+            result = seed_approach[key]
+            print(f"  {name:<14} p50 {result['p50_us'] / 1e3:8.2f} ms   p99 {result['p99_us'] / 1e3:8.2f} ms")
+        print("  predict / one step (CPU, 1 thread, batch 1): " + ", ".join(
+            f"{precision} {ratio:,.0f}x" for precision, ratio in seed_approach["ratio_predict_to_step"].items()))
     print(f"bench: wrote {out}")
 
 

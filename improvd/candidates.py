@@ -9,6 +9,7 @@ winner is replayed into it), so throwing it away when the player comes back cost
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from improvd import vocab
-from improvd.config import SamplerConfig
+from improvd.config import Live, SamplerConfig
+from improvd.memory import Memory
 from improvd.model import State, StepModel
 from improvd.phrase import Phrase, Plan, ticks
 from improvd.sampler import Sampler
@@ -25,6 +27,21 @@ from improvd.stream import Line, Stream
 log = logging.getLogger(__name__)
 
 MIN_PROFILE_S = 0.5  # densities of shorter stretches are noise: count them over this long
+IOI_EDGES = np.geomspace(0.01, 2.0, 13)  # inter-onset intervals in 12 log bins, 10 ms - 2 s
+TOGETHER_S = 0.03  # onsets closer than this are struck together (a chord)
+
+
+def ioi_histogram(onsets: np.ndarray) -> np.ndarray:
+    """The share of inter-onset intervals in each of 12 log bins (outside values clipped in)."""
+    iois = np.clip(np.diff(np.sort(onsets)), IOI_EDGES[0], IOI_EDGES[-1] * 0.999)
+    counts = np.histogram(iois, IOI_EDGES)[0].astype(float)
+    return counts / max(counts.sum(), 1)
+
+
+def together_share(onsets: np.ndarray) -> float:
+    """The share of onsets struck within TOGETHER_S of the one before: how chordal."""
+    iois = np.diff(np.sort(onsets))
+    return float((iois < TOGETHER_S).mean()) if len(iois) else 0.0
 
 
 @dataclass(frozen=True)
@@ -35,28 +52,49 @@ class Profile:
     mean_pitch: float
     density: float  # notes per second
     mean_velocity: float
+    iois: np.ndarray | None = None  # inter-onset-interval histogram (None: timing unknown)
+    median_length: float = 0.0  # seconds
+    together: float = 0.0  # share of onsets struck together
 
     @classmethod
-    def of(cls, notes: list[tuple[int, int]], seconds: float) -> Profile | None:
-        """The profile of (pitch, velocity) onsets over ``seconds``; None without notes."""
+    def of(cls, notes: list[tuple[int, int]], seconds: float,
+           timing: list[tuple[float, float]] | None = None) -> Profile | None:
+        """The profile of (pitch, velocity) onsets over ``seconds``, with each note's (start,
+        end) in seconds when known; None without notes."""
         if not notes:
             return None
         pitches, velocities = np.array(notes, float).T
         counts = np.bincount(pitches.astype(int) % 12, minlength=12).astype(float)
-        return cls(counts, float(pitches.mean()), len(notes) / max(seconds, MIN_PROFILE_S), float(velocities.mean()))
+        profile = cls(counts, float(pitches.mean()), len(notes) / max(seconds, MIN_PROFILE_S), float(velocities.mean()))
+        if not timing:
+            return profile
+        starts, ends = np.array(timing, float).T
+        return dataclasses.replace(profile, iois=ioi_histogram(starts), together=together_share(starts),
+                                   median_length=float(max(np.median(ends - starts), vocab.TICK_S)))
 
     def fit(self, phrase: Profile, weights: SamplerConfig) -> float:
         """How well this answer fits ``phrase``: the score's terms other than fluency, with
         the ``weight_*`` settings: weight_pitch_class x pitch-class profile correlation -
         weight_register x |mean pitch difference| (semitones) - weight_density x |log2 of the
-        note-density ratio| - weight_dynamics x |mean velocity difference| (MIDI units)."""
+        note-density ratio| - weight_dynamics x |mean velocity difference| (MIDI units) -
+        weight_rhythm x (1 - overlap of the inter-onset-interval histograms) - weight_note_length
+        x |log2 of the median note-length ratio| - weight_texture x |difference in the share of
+        onsets struck together|; the last three only when both timings are known."""
         correlation = 0.0
         if self.pitch_classes.std() > 0 and phrase.pitch_classes.std() > 0:
             correlation = float(np.corrcoef(self.pitch_classes, phrase.pitch_classes)[0, 1])
         return (weights.weight_pitch_class * correlation
                 - weights.weight_register * abs(self.mean_pitch - phrase.mean_pitch)
                 - weights.weight_density * abs(np.log2(self.density / phrase.density))
-                - weights.weight_dynamics * abs(self.mean_velocity - phrase.mean_velocity))
+                - weights.weight_dynamics * abs(self.mean_velocity - phrase.mean_velocity)
+                - self._timing_distance(phrase, weights))
+
+    def _timing_distance(self, phrase: Profile, weights: SamplerConfig) -> float:
+        if self.iois is None or phrase.iois is None:
+            return 0.0
+        return (weights.weight_rhythm * (1 - float(np.minimum(self.iois, phrase.iois).sum()))
+                + weights.weight_note_length * abs(np.log2(self.median_length / phrase.median_length))
+                + weights.weight_texture * abs(self.together - phrase.together))
 
 
 @dataclass
@@ -66,6 +104,7 @@ class Candidate(Line):
     note_first: bool = True  # an answer opens on a note
     tokens: list[int] = field(default_factory=list)
     notes: list[tuple[int, int]] = field(default_factory=list)  # (pitch, velocity) onsets
+    timing: list[list[int]] = field(default_factory=list)  # [start, end (-1: sounding), pitch] ticks of each note
     log_prob: float = 0.0
 
     def play(self, token: int, log_prob: float) -> None:
@@ -74,6 +113,16 @@ class Candidate(Line):
         event = self.apply(token)
         if event.type is vocab.EventType.NOTE_ON:
             self.notes.append((event.value, self.velocity()))
+            self.timing.append([self.encoder.tick, -1, event.value])
+        elif event.type is vocab.EventType.NOTE_OFF:
+            for timing in self.timing:
+                if timing[1] < 0 and timing[2] == event.value:
+                    timing[1] = self.encoder.tick
+
+    def durations(self) -> list[tuple[float, float]]:
+        """(start, end) seconds of each note played, the ones still sounding ending now."""
+        return [(start * vocab.TICK_S, (end if end >= 0 else self.encoder.tick) * vocab.TICK_S)
+                for start, end, _ in self.timing]
 
 
 @dataclass(frozen=True)
@@ -94,20 +143,25 @@ class Choice:
 
 class Search:
     """K candidate answers from one state, advanced a few steps per engine poll. It works on
-    copies: the stream it starts from is untouched. ``clock`` measures compute time."""
+    copies: the stream it starts from is untouched. ``clock`` measures compute time. Each row
+    is sampled from, and scored under, the model mixed with the player ``memory`` after that
+    row's own events, at the live memory strength."""
 
     def __init__(self, model: StepModel, sampler: Sampler, start: State, line: Line, plan: Plan,
-                 phrase: Profile | None, config: SamplerConfig, clock: Callable[[], float]) -> None:
+                 phrase: Profile | None, config: SamplerConfig, clock: Callable[[], float],
+                 memory: Memory, live: Live) -> None:
         self.clock = clock
         started = clock()
         self.model, self.sampler, self.plan, self.phrase, self.weights = model, sampler, plan, phrase, config
+        self.memory, self.live = memory, live
         h, c, logits = start.h, start.c, start.logits
-        encoder = line.encoder.copy()
+        encoder, context = line.encoder.copy(), line.context
         for token in vocab.time_shift_tokens(ticks(plan.deadline) - encoder.tick):
             logits, h, c = model.run([token], h, c)
             encoder.apply(token)
+            context = memory.advance(context, token)
         k = config.candidates
-        self.lines = [Candidate(encoder.copy(), dict(line.own_notes)) for _ in range(k)]
+        self.lines = [Candidate(encoder.copy(), dict(line.own_notes), context=context) for _ in range(k)]
         self.active = np.arange(k)  # rows of h/c/logits: the lines still short of the end
         self.h, self.c = np.repeat(h, k, axis=1), np.repeat(c, k, axis=1)
         self.logits = np.repeat(logits, k, axis=0)
@@ -128,11 +182,13 @@ class Search:
                 break
             lines = [self.lines[i] for i in self.active]
             allowed = np.stack([self.sampler.mask(line.grammar(end_tick)) for line in lines])
-            tokens = self.sampler.sample_rows(self.logits, allowed)
-            shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+            logits = self.memory.mixed(self.logits, [line.context for line in lines], self.live.memory_strength)
+            tokens = self.sampler.sample_rows(logits, allowed)
+            shifted = logits - logits.max(axis=1, keepdims=True)
             log_probs = shifted[np.arange(len(tokens)), tokens] - np.log(np.exp(shifted).sum(axis=1))
             for line, token, log_prob in zip(lines, tokens, log_probs, strict=True):
                 line.play(int(token), float(log_prob))
+                line.context = self.memory.advance(line.context, int(token))
             going = np.array([line.time < end for line in lines])
             self.active = self.active[going]
             if going.any():
@@ -160,7 +216,7 @@ class Search:
         """weight_fluency x mean log-probability (nats/event) + fit to the phrase; -inf for
         a line with no note."""
         seconds = (line.encoder.tick - ticks(self.plan.deadline)) * vocab.TICK_S
-        profile = Profile.of(line.notes, seconds)
+        profile = Profile.of(line.notes, seconds, line.durations())
         if profile is None:
             return -np.inf
         fit = 0.0 if self.phrase is None else profile.fit(self.phrase, self.weights)
@@ -173,8 +229,9 @@ class Candidates:
     when the answer starts. Off (sampled as it plays) with one candidate."""
 
     def __init__(self, model: StepModel, sampler: Sampler, config: SamplerConfig, steps: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], memory: Memory, live: Live) -> None:
         self.model, self.sampler, self.config, self.steps, self.clock = model, sampler, config, steps, clock
+        self.memory, self.live = memory, live
         self.on = config.candidates > 1
         self.search: Search | None = None  # candidate answers for the coming deadline
         self.choice: Choice | None = None  # the last choice, until taken
@@ -189,9 +246,9 @@ class Candidates:
     def advance(self, stream: Stream, phrase: Phrase, plan: Plan, now: float) -> Search:
         """Start the search for ``plan`` from the stream as it stands, or take it further."""
         if self.search is None:
-            profile = Profile.of(phrase.notes, phrase.length())
+            profile = Profile.of(phrase.notes, phrase.length(), phrase.durations())
             self.search = Search(self.model, self.sampler, stream.state, stream.line, plan, profile, self.config,
-                                 self.clock)
+                                 self.clock, self.memory, self.live)
         self.search.advance(self.steps, now)
         return self.search
 

@@ -52,9 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=choices(SECTIONS["engine"], "mode"))
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--device", choices=choices(SECTIONS["model"], "device"), help="where the model runs")
-    parser.add_argument("--model", type=Path, help="exported .onnx model (its .json beside it)")
+    parser.add_argument("--model", type=Path,
+                        help="exported .onnx model (its .json beside it), or the NAME of one improvd-train made")
     parser.add_argument("--random-seed", type=int, dest="random_seed",
                         help="fix the sampler's RNG for reproducible answers (-1: random)")
+    parser.add_argument("--memory-strength", type=float, metavar="S",
+                        help="how much the memory of your playing steers improvd: 0 = the trained model alone, "
+                             "1 = mirror you (config.toml [memory])")
     parser.add_argument("--candidates", type=int, metavar="K", help="choose each answer among K candidates (1: off)")
     parser.add_argument("--weights", type=weights_arg, default={}, metavar="NAME=W,...",
                         help=f"candidate score weights, any of {', '.join(WEIGHTS)} (see config.toml [sampler])")
@@ -91,12 +95,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, object]:
+    from improvd.model import named_model
+
     return {
         "ports.input": args.input, "ports.output": args.output, "ports.api": args.api,
         "engine.mode": args.mode, "engine.seed": args.random_seed, "sampler.temperature": args.temperature,
         "engine.tempo_bpm": args.bpm, "engine.answer_start": args.answer_start, "engine.quantize": args.quantize,
-        "model.device": args.device, "model.path": str(args.model) if args.model else None,
+        "model.device": args.device, "model.path": named_model(str(args.model)) if args.model else None,
         "log.level": "debug" if args.verbose else None, "sampler.candidates": args.candidates,
+        "memory.strength": args.memory_strength,
         **{f"sampler.{WEIGHT}{name}": value for name, value in args.weights.items()},
     }
 

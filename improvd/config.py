@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from improvd import memory
 from improvd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ class SamplerConfig:
     weight_register: float = setting(0.25, ge=0)
     weight_density: float = setting(1.0, ge=0)
     weight_dynamics: float = setting(0.02, ge=0)
+    weight_rhythm: float = setting(1.0, ge=0)
+    weight_note_length: float = setting(0.5, ge=0)
+    weight_texture: float = setting(1.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,18 @@ class ControlsConfig:
     answer_length_cc: int = setting(2, off=-1, ge=0, le=127, distinct=True)
     mode_cc: int = setting(80, off=-1, ge=0, le=127, distinct=True)
     panic_cc: int = setting(123, off=-1, ge=0, le=127, distinct=True)
+    memory_cc: int = setting(3, off=-1, ge=0, le=127, distinct=True)
+    memory_reset_cc: int = setting(81, off=-1, ge=0, le=127, distinct=True)
     clock: bool = setting(True)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The player memory: what improvd learns of this player while it runs."""
+
+    strength: float = setting(memory.STRENGTH, ge=0, le=1)
+    horizon_events: int = setting(memory.HORIZON_EVENTS, ge=1, le=20000)
+    horizon_s: float = setting(memory.HORIZON_S, gt=0)
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -183,11 +199,12 @@ class Live:
     mode: str
     temperature: float
     answer_ratio: float
+    memory_strength: float
 
     @classmethod
     def of(cls, config: Config) -> Live:
         return cls(mode=config.engine.mode, temperature=config.sampler.temperature,
-                   answer_ratio=config.engine.answer_ratio)
+                   answer_ratio=config.engine.answer_ratio, memory_strength=config.memory.strength)
 
 _EXPECTED = {
     bool: "a boolean",

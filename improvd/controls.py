@@ -8,6 +8,7 @@ from improvd.tempo import Beat
 
 ALL_NOTES_OFF_CCS = (120, 123)  # All Sound Off, All Notes Off: always a panic
 PANIC = "panic"
+FORGET = "forget"  # the player memory forgets this player
 CLOCK_MESSAGES = ("start", "continue", "stop", "clock", "songpos")
 
 
@@ -19,8 +20,8 @@ class Controls:
         self.playing = True  # MIDI clock Stop pauses, Start/Continue resumes
 
     def control(self, control: int, value: int) -> tuple[str, object] | None:
-        """What a CC asks for: (PANIC, None), ("mode", a mode), or (a ``Live`` field, its new
-        value); None when it is not one of ours."""
+        """What a CC asks for: (PANIC, None), (FORGET, None), ("mode", a mode), or (a ``Live``
+        field, its new value); None when it is not one of ours."""
         c = self.config
         if control == c.panic_cc or control in ALL_NOTES_OFF_CCS:
             return PANIC, None
@@ -30,6 +31,10 @@ class Controls:
             return "answer_ratio", 0.25 * 16 ** (value / 127)  # a quarter .. four times the phrase
         if control == c.mode_cc:
             return "mode", "duet" if value >= 64 else "call-response"
+        if control == c.memory_cc:
+            return "memory_strength", value / 127  # 0: the trained model alone .. 127: mirror the player
+        if control == c.memory_reset_cc:
+            return FORGET, None
         return None
 
     def clock(self, kind: str, now: float, position: int = 0) -> str | None:

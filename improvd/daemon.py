@@ -400,6 +400,8 @@ class Daemon:
                    ] if self.server_lost_at is not None else []
         parts = waiting + [f"mode {engine.live.mode if engine else self.config.engine.mode}",
                  f"in {self.input}", f"out {self.output}", f"model on {self.model.provider}"]
+        if engine is not None:
+            parts.append(f"memory {engine.live.memory_strength:.2f} ({engine.memory.events} events)")
         tempo = engine.beat.tempo(time.monotonic()) if engine is not None else None
         if tempo is not None:
             parts.append(f"tempo {tempo[0].bpm_at(time.monotonic()):.1f} bpm ({tempo[1]})")
@@ -415,7 +417,9 @@ class Daemon:
         if self.engine is not None:
             c = self.engine.counters
             extra.update(notes_in=c.notes_in, notes_out=c.notes_out, answers=c.answers,
-                         barge_ins=c.barge_ins, ignored=c.messages_ignored)
+                         barge_ins=c.barge_ins, ignored=c.messages_ignored,
+                         memory_strength=round(self.engine.live.memory_strength, 3),
+                         memory_events=self.engine.memory.events)
         if self.model is not None:
             now, steps = time.monotonic(), self.model.steps
             last_time, last_steps = self._last_steps

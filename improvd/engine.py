@@ -21,7 +21,8 @@ import numpy as np
 from improvd import vocab
 from improvd.candidates import Candidates, Choice, Search
 from improvd.config import Config, EngineConfig, Live, choices
-from improvd.controls import CLOCK_MESSAGES, PANIC, Controls
+from improvd.controls import CLOCK_MESSAGES, FORGET, PANIC, Controls
+from improvd.memory import Memory
 from improvd.model import StepModel
 from improvd.phrase import Phrase
 from improvd.reply import Reply, Timed
@@ -64,10 +65,13 @@ class Engine:
         self.beat = Beat(config.engine)  # tempo and grid: MIDI clock, a file's or JACK's map, or by hand
         self.controls = Controls(config.controls, self.beat)
         self.phrase = Phrase(config.engine, self.live, self.beat, now)
-        self.candidates = Candidates(model, self.sampler, config.sampler, candidate_steps, clock)
+        self.memory = Memory(horizon_events=config.memory.horizon_events, horizon_s=config.memory.horizon_s)
+        self.candidates = Candidates(model, self.sampler, config.sampler, candidate_steps, clock, self.memory,
+                                     self.live)
         # The stream opens with the one-second gap training puts between pieces.
-        self.stream = Stream(model, now - vocab.MAX_SHIFT_TICKS * vocab.TICK_S, config.ports.output_channel - 1)
-        self.voice = Voice(self.stream, self.sampler, self.counters, self.beat)
+        self.stream = Stream(model, now - vocab.MAX_SHIFT_TICKS * vocab.TICK_S, config.ports.output_channel - 1,
+                             self.memory)
+        self.voice = Voice(self.stream, self.sampler, self.counters, self.live, self.beat)
         self._fold(self.stream.encoder.advance(now))
 
     # ---- what the daemon calls ---------------------------------------------------------
@@ -163,6 +167,7 @@ class Engine:
         log.info("mode: %s -> %s", self.live.mode, mode)
         reply = self.panic(now)
         self.live.mode = mode
+        self.memory.reset()  # what was learnt in one mode is not the player of the next
         return reply
 
     # ---- input ---------------------------------------------------------------------------
@@ -196,7 +201,11 @@ class Engine:
                 reply.extend(self._stop_generating(now))
             self.phrase.strike(message.note, message.velocity, now)
             self.beat.heard_note(now)
-        self._fold(self.stream.encoder.feed(message, now))
+        tokens = self.stream.encoder.feed(message, now)
+        for token in tokens:
+            if vocab.NOTE_OFF_OFFSET <= token < vocab.TIME_SHIFT_OFFSET:
+                self.phrase.release(token - vocab.NOTE_OFF_OFFSET, now)
+        self._fold(tokens, played_at=now)
         self.phrase.last_heard = now
         return reply
 
@@ -210,6 +219,9 @@ class Engine:
             return self.panic(now)
         if name == "mode":
             return self.set_mode(setting, now)
+        if name == FORGET:
+            self.memory.reset()
+            return Reply()
         setattr(self.live, name, setting)
         return Reply()
 
@@ -218,9 +230,9 @@ class Engine:
     def _lookahead(self) -> float:
         return self.config.engine.lookahead_ms / 1000
 
-    def _fold(self, tokens: list[int]) -> None:
+    def _fold(self, tokens: list[int], played_at: float | None = None) -> None:
         self.candidates.drop()  # the stream changes under them
-        self.stream.fold(tokens)
+        self.stream.fold(tokens, played_at)
 
     def _rollback(self, now: float) -> Reply:
         """Throw away every generated event not yet heard at ``now``."""

@@ -12,6 +12,8 @@ import importlib.metadata
 import io
 import json
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,21 @@ class State:
     h: np.ndarray
     c: np.ndarray
     logits: np.ndarray | None
+
+
+def models_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where improvd-train puts the models it makes: $XDG_DATA_HOME/improvd/models."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path(env.get("HOME") or Path.home()) / ".local" / "share"
+    return base / "improvd" / "models"
+
+
+def named_model(value: str, env: Mapping[str, str] | None = None) -> str:
+    """`--model NAME` (a bare name, no such file here) is models_dir()/NAME.onnx; a path stays a path."""
+    if "/" in value or value.endswith(".onnx") or Path(value).exists():
+        return value
+    return str(models_dir(env) / f"{value}.onnx")
 
 
 def read_metadata(onnx_path: Path) -> dict:

@@ -34,6 +34,7 @@ class Phrase:
         self._span: tuple[tuple[float, float], tuple[float, float]] | None = None  # (deadline, length) -> span
         self.start: float | None = None  # the first note; None between phrases
         self.notes: list[tuple[int, int]] = []  # (pitch, velocity) of the phrase's notes
+        self.timing: list[list[float]] = []  # [start, end (-1: still down), pitch] of each note
         self.last_heard = now  # the player's last event
         self.next_length: float | None = None  # the next answer's length, if given (a primer's)
         self._start_before_answer: float | None = None
@@ -41,8 +42,19 @@ class Phrase:
     def strike(self, pitch: int, velocity: int, now: float) -> None:
         if self.start is None:
             self.start = now
-            self.notes = []
+            self.notes, self.timing = [], []
         self.notes.append((pitch, velocity))
+        self.timing.append([now, -1.0, pitch])
+
+    def release(self, pitch: int, now: float) -> None:
+        """A note of the phrase ends (as the model hears it: the pedal folded in)."""
+        for timing in self.timing:
+            if timing[1] < 0 and timing[2] == pitch and timing[0] < now:  # not a re-strike's new note
+                timing[1] = now
+
+    def durations(self) -> list[tuple[float, float]]:
+        """(start, end) of each note of the phrase, the ones still down ending now."""
+        return [(start, end if end >= 0 else self.last_heard) for start, end, _ in self.timing]
 
     def deadline(self, keys_down: bool) -> float | None:
         """When the phrase counts as ended: ``silence_ms`` after the player's last event,

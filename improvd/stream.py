@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import mido
 
 from improvd import vocab
+from improvd.memory import Context, Memory
 from improvd.model import State, StepModel
 from improvd.sampler import Grammar
 
@@ -25,6 +26,7 @@ class Line:
     own_notes: dict[int, int] = field(default_factory=dict)  # pitch -> start tick of improvd's notes
     after_velocity: bool = False  # the last token was a VELOCITY
     note_first: bool = False  # an answer opens on a note: no pause before it
+    context: Context = Context()  # the player memory's, after this line's events
 
     @property
     def time(self) -> float:
@@ -57,7 +59,7 @@ class Line:
                                      else velocity_bin)
 
     def copy(self) -> Line:
-        return Line(self.encoder.copy(), dict(self.own_notes), self.after_velocity, self.note_first)
+        return Line(self.encoder.copy(), dict(self.own_notes), self.after_velocity, self.note_first, self.context)
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,13 @@ class Snapshot:
 
 class Stream:
     """The engine's line and the model state it has led to. The state is the stream's own
-    (``model.run`` on it): the model object is shared, its state never changed."""
+    (``model.run`` on it): the model object is shared, its state never changed. The player
+    memory learns the player's events from here, and hears improvd's without learning them
+    (learning its own answers would feed a loop of self-imitation)."""
 
-    def __init__(self, model: StepModel, start: float, channel: int) -> None:
+    def __init__(self, model: StepModel, start: float, channel: int, memory: Memory) -> None:
         self.model = model
+        self.memory = memory
         self.channel = channel  # 0-based, for the messages generated tokens play
         self.line = Line(vocab.Encoder(start))
         self.state = model.initial()
@@ -84,11 +89,15 @@ class Stream:
     def encoder(self) -> vocab.Encoder:
         return self.line.encoder
 
-    def fold(self, tokens: list[int]) -> None:
-        """Step the model through tokens the player's input made (the line already has them)."""
+    def fold(self, tokens: list[int], played_at: float | None = None) -> None:
+        """Step the model through tokens the input made (the line already has them); the
+        memory learns them if they are what the player played at ``played_at``."""
         for token in tokens:
             logits, h, c = self.model.run([token], self.state.h, self.state.c)
             self.state = State(h, c, logits)
+            context = self.line.context
+            self.line.context = (self.memory.advance(context, token) if played_at is None
+                                 else self.memory.learn(context, token, played_at))
 
     def play(self, token: int) -> mido.Message | None:
         """Fold a generated token in; the MIDI message it plays, if any."""

@@ -15,6 +15,7 @@ from typing import Protocol
 import mido
 
 from improvd import vocab
+from improvd.config import Live
 from improvd.journal import Journal
 from improvd.phrase import Plan, ticks
 from improvd.reply import Timed
@@ -28,8 +29,8 @@ class Counts(Protocol):
 
 
 class Voice:
-    def __init__(self, stream: Stream, sampler: Sampler, counters: Counts, beat: Beat) -> None:
-        self.stream, self.sampler, self.counters, self.beat = stream, sampler, counters, beat
+    def __init__(self, stream: Stream, sampler: Sampler, counters: Counts, live: Live, beat: Beat) -> None:
+        self.stream, self.sampler, self.counters, self.live, self.beat = stream, sampler, counters, live, beat
         self.journal = Journal()
         self.floor = 0.0  # no message before the last placed onset: output times never go back
         self.answering = False
@@ -93,10 +94,13 @@ class Voice:
                 break
             if time >= until:
                 break
-            opening = self.stream.line.note_first  # the answer's first note carries its deadline
-            token = self._scripted(self._grammar())
+            line = self.stream.line
+            grammar = self._grammar()
+            opening = line.note_first  # the answer's first note carries its deadline
+            token = self._scripted(grammar)
             if token is None:
-                token = self.sampler.sample(self.stream.state.logits[0], self._grammar())
+                logits = self.stream.memory.mixed(self.stream.state.logits, [line.context], self.live.memory_strength)
+                token = self.sampler.sample(logits[0], grammar)
             at = max(time + self.offset, self.floor)
             if self.beat.config.quantize > 0 and vocab.decode(token).type is vocab.EventType.NOTE_ON:
                 placed = self._place(at, until)

@@ -9,7 +9,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from training.prepare import split_of
+from improvd_train.prepare import split_of
 
 
 def performance(path: Path, seconds: float, seed: int, tracks: int = 1, pedal: bool = True) -> None:

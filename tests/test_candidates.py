@@ -153,3 +153,21 @@ def test_sample_rows_respects_each_rows_mask_and_draws_like_sample():
     reference = np.array([single.sample(logits[0], grammar) for _ in range(4000)])
     frequencies = [np.bincount(d, minlength=vocab.VOCAB_SIZE) / len(d) for d in (draws[:, 0], reference)]
     assert np.abs(frequencies[0] - frequencies[1]).max() < 0.04
+
+
+def test_fit_prefers_the_phrases_rhythm_note_lengths_and_texture():
+    """Same notes, same density: what differs is when they start and how long they last."""
+    weights = Config().sampler
+    even = [(0.25 * i, 0.25 * i + 0.2) for i in range(len(C_MAJOR))]  # one note every 250 ms
+    phrase = Profile.of(C_MAJOR, 2.5, even)
+    same = Profile.of(C_MAJOR, 2.5, even)
+    assert same.fit(phrase, weights) == pytest.approx(weights.weight_pitch_class)
+    swung = Profile.of(C_MAJOR, 2.5, [(0.25 * i + (0.1 if i % 2 else 0), 0.25 * i + 0.2) for i in range(10)])
+    longer = Profile.of(C_MAJOR, 2.5, [(start, start + 0.8) for start, _ in even])  # four times as long
+    chords = Profile.of(C_MAJOR, 2.5, [(0.5 * (i // 2), 0.5 * (i // 2) + 0.2) for i in range(10)])
+    best = same.fit(phrase, weights)
+    assert swung.fit(phrase, weights) < best - 0.5 * weights.weight_rhythm
+    assert longer.fit(phrase, weights) == pytest.approx(best - 2 * weights.weight_note_length)
+    assert chords.fit(phrase, weights) < best - 0.4 * weights.weight_texture
+    untimed = Profile.of(C_MAJOR, 2.5)  # no timing known: those terms do not count
+    assert untimed.fit(phrase, weights) == pytest.approx(best)

@@ -89,9 +89,11 @@ def test_readme_states_the_defaults() -> None:
         r"the (\d+) ms lookahead": [c.engine.lookahead_ms],
         r"\((\d+) by default; `--candidates K`": [c.sampler.candidates],
         r"The default K = (\d+)": [c.sampler.candidates],
-        r"Defaults ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+)": weights,
-        r"--weights fluency=([\d.]+),pitch_class=([\d.]+),register=([\d.]+),density=([\d.]+),dynamics=([\d.]+)":
-            weights,
+        r"Defaults ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+) / ([\d.]+)": weights,
+        r"--weights fluency=([\d.]+),pitch_class=([\d.]+),register=([\d.]+),density=([\d.]+),dynamics=([\d.]+),"
+            r"rhythm=([\d.]+),note_length=([\d.]+),texture=([\d.]+)": weights,
+        r"CC (\d+) memory strength": [c.controls.memory_cc],
+        r"CC (\d+) forgets": [c.controls.memory_reset_cc],
         r"CC (\d+) \(mod wheel\) temperature": [c.controls.temperature_cc],
         r"CC (\d+) answer length": [c.controls.answer_length_cc],
         r"CC (\d+) mode": [c.controls.mode_cc],
@@ -194,7 +196,7 @@ def test_override_problems_say_they_come_from_the_command_line(tmp_path: Path) -
             "invalid configuration:",
             "sampler.temprature: unknown key (did you mean 'temperature'?) (command line)",
             "tempo: unknown section (valid sections: model, ports, engine, sampler, controls,"
-            " telemetry, service, log) (command line)",
+            " memory, telemetry, service, log) (command line)",
             "sampler.temperature: must be greater than 0 and at most 5, got 0.0 (command line)",
         ]
     )

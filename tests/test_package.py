@@ -36,7 +36,7 @@ def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("package")
     source = root / "source"
     source.mkdir()
-    for name in ("improvd", "training", "exported"):
+    for name in ("improvd", "improvd_train", "exported"):
         shutil.copytree(PROJECT_ROOT / name, source / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -102,3 +102,15 @@ def test_make_demo_installs_the_runtime_and_plotting_without_training(tmp_path):
     installs = [line for line in result.stdout.splitlines() if " install " in line and "-e" in line]
     assert installs == [f"{tmp_path / 'venv'}/bin/pip install --quiet -e '.[plot]'"], result.stdout
     assert "--plot continuation.png" in result.stdout
+
+
+def test_wheel_installs_no_top_level_training_package(installed, tmp_path):
+    """Training ships under improvd's own name: a top-level `training` would shadow any other."""
+    site = Path(run(installed / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                    env=user_env(tmp_path)).stdout.strip())
+    assert not (site / "training").exists()
+    assert (site / "improvd_train" / "train.py").exists()
+    top_level = {p.name for p in site.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert top_level == {"improvd", "improvd_train"}, top_level
+    usage = run(installed / "bin" / "improvd-train", "--help", cwd=tmp_path, env=user_env(tmp_path)).stdout
+    assert "improvd-train" in usage and "Exit codes" in usage

@@ -59,3 +59,15 @@ def test_without_a_tempo_answer_start_changes_nothing():
     p.strike(60, 80, 1.0)
     p.last_heard = 1.13
     assert p.plan(1.63).deadline == pytest.approx(1.63)
+
+
+def test_the_phrase_times_its_notes_a_restruck_key_included():
+    config = Config()
+    phrase = Phrase(config.engine, Live.of(config), Beat(config.engine), 0.0)
+    phrase.strike(60, 80, 1.0)
+    phrase.strike(64, 80, 1.5)
+    phrase.release(60, 2.0)
+    phrase.strike(64, 80, 2.5)  # struck again while down: the old note ends where the new begins
+    phrase.release(64, 2.5)
+    phrase.last_heard = 3.0
+    assert phrase.durations() == [(1.0, 2.0), (1.5, 2.5), (2.5, 3.0)]

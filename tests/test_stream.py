@@ -3,6 +3,7 @@
 import numpy as np
 
 from improvd import vocab
+from improvd.memory import Memory
 from improvd.model import StepModel
 from improvd.stream import Line, Stream
 from tests.engine_helpers import MODEL_PATH, replay
@@ -25,7 +26,7 @@ def test_a_line_follows_generated_tokens_into_its_grammar():
 
 
 def test_a_stream_plays_tokens_as_midi_and_restores_its_state_and_line():
-    stream = Stream(StepModel(MODEL_PATH, device="cpu"), start=0.0, channel=3)
+    stream = Stream(StepModel(MODEL_PATH, device="cpu"), start=0.0, channel=3, memory=Memory())
     stream.fold(stream.encoder.advance(0.5))
     before = stream.snapshot()
     assert stream.play(VELOCITY + 31) is None

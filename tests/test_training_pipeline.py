@@ -1,6 +1,6 @@
 """The offline pipeline end to end, on a handful of pieces and a tiny model: prepare -> train
 one epoch -> export (parity, int8) -> evaluate -> listen, each as its own
-`python -m training.<name>`, the way `make model` runs them; plus the n-gram baseline against
+`python -m improvd_train.<name>`, the way `make model` runs them; plus the n-gram baseline against
 its definition."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -22,9 +23,9 @@ import pytest
 
 from improvd import vocab
 from improvd.model import FORMAT_VERSION
+from improvd_train import evaluate, listen
+from improvd_train.train import load_split, piece_gap
 from tests.performance_fixtures import asap_like, pop_like
-from training import evaluate
-from training.train import load_split, piece_gap
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, UNITS, EMBEDDING = 2, 32, 16
@@ -34,10 +35,10 @@ UNIFORM_BITS = math.log2(vocab.VOCAB_SIZE)
 
 def run(module: str, *args) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", f"training.{module}", *map(str, args)],
+        [sys.executable, "-m", f"improvd_train.{module}", *map(str, args)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, f"training.{module} failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"improvd_train.{module} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
@@ -54,13 +55,15 @@ def pipeline(tmp_path_factory):
     exported = run("export", "--run", run_dir, "--weights", "last", "--out", out, "--quantize")
     evaluated = run("evaluate", "--model", out.with_suffix(".onnx"), "--data", data,
                     "--report", tmp / "eval.json", "--latency-steps", 300)
-    listened = run("listen", "--model", out.with_suffix(".onnx"), "--data", data, "--pieces", 2,
+    listened = run("listen", "--model", out.with_suffix(".onnx"), "--data", data, "--per-kind", 1,
                    "--report", tmp / "listen.json")
+    midi_bits = run("evaluate", "--model", out.with_suffix(".onnx"), "--midi", pop)
     return SimpleNamespace(data=data, run=run_dir, onnx=out.with_suffix(".onnx"),
                            metadata=json.loads(out.with_suffix(".json").read_text()),
                            report=json.loads((tmp / "eval.json").read_text()),
                            listen=json.loads((tmp / "listen.json").read_text()),
-                           prepared=prepared, exported=exported, evaluated=evaluated, listened=listened)
+                           prepared=prepared, exported=exported, evaluated=evaluated, listened=listened,
+                           midi_bits=midi_bits)
 
 
 # ---- prepare --------------------------------------------------------------------------
@@ -126,10 +129,50 @@ def test_tf_distribute_strategies_train_and_resume(pipeline, tmp_path, strategy,
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3  # header + both epochs
 
 
+@pytest.mark.xfail(strict=True, reason="Keras 3's fit() cannot take MultiWorkerMirroredStrategy's per-replica "
+                   "batches with more than one worker (keras-team/keras#20585, tensorflow/tensorflow#72388): "
+                   "scale-out across processes goes through torch.distributed (test_training_torch.py)")
+def test_two_worker_processes_train_one_model(pipeline, tmp_path):
+    """A real cluster on this machine: two processes, one TF_CONFIG each, gradients all-reduced
+    between them, so both end with the same weights."""
+    import socket
+
+    import h5py
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            ports.append(s.getsockname()[1])
+    workers = [f"localhost:{port}" for port in ports]
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                      "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "improvd_train.train", "--data", str(pipeline.data), "--out",
+             str(tmp_path / f"worker{index}"), "--layers", "1", "--units", "16", "--embedding", "8",
+             "--steps-per-epoch", "2", "--seq-len", "32", "--batch", "8", "--epochs", "1",
+             "--strategy", "multiworker"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(outputs)
+
+    def weights(index):
+        with h5py.File(tmp_path / f"worker{index}" / "last.weights.h5") as f:
+            arrays = []
+            f.visititems(lambda name, item: arrays.append(np.array(item)) if isinstance(item, h5py.Dataset) else None)
+            return arrays
+
+    first, second = weights(0), weights(1)
+    assert len(first) == len(second) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
     """Fine-tuning a shipped model (whose checkpoint is gone) starts from its .onnx: the
     int8 weights, dequantized, give the Keras model the exported model's predictions."""
-    from training.train import build_model, load_exported_weights
+    from improvd_train.train import build_model, load_exported_weights
 
     tokens = np.concatenate(load_split(pipeline.data, "test"))[:48]
     session = onnxruntime.InferenceSession(str(pipeline.onnx), providers=["CPUExecutionProvider"])
@@ -143,9 +186,11 @@ def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
     fresh = model.predict(tokens[None, :], verbose=0)[0]
     load_exported_weights(model, pipeline.onnx)
     loaded = model.predict(tokens[None, :], verbose=0)[0]
-    scale = np.abs(streamed).max()
-    assert np.abs(loaded - streamed).max() <= 0.05 * scale  # int8 weights and activations
-    assert np.abs(fresh - streamed).max() > 0.2 * scale
+    # int8 weights and activations stream close to the dequantized weights in fp32; a model
+    # that did not load them is ten times further off (a tiny, briefly trained model's logits
+    # span little, so the bound is relative to that distance, not to their size)
+    loaded_off, fresh_off = np.abs(loaded - streamed).max(), np.abs(fresh - streamed).max()
+    assert loaded_off <= 0.1 * fresh_off, (loaded_off, fresh_off)
     run("train", "--data", pipeline.data, "--out", tmp_path, "--layers", LAYERS, "--units", UNITS,
         "--embedding", EMBEDDING, "--epochs", 1, "--steps-per-epoch", 1, "--seq-len", 64, "--batch", 8,
         "--init", pipeline.onnx)
@@ -154,11 +199,18 @@ def test_training_can_start_from_an_exported_model(pipeline, tmp_path):
     card = json.loads((tmp_path / "tuned.json").read_text())
     assert card["training"]["started_from"]["onnx_sha256"] == pipeline.metadata["onnx_sha256"]
     assert card["licences"] == pipeline.metadata["licences"]  # what the starting model saw reaches this one
+    # the lineage: the starting model's runs, then this one, each with its data, time and figures
+    assert card["lineage"][:-1] == pipeline.metadata["lineage"] and len(pipeline.metadata["lineage"]) == 1
+    latest = card["lineage"][-1]
+    assert latest["figures"]["test_bits_per_event"] == card["held_out_bits_per_event"]
+    assert latest["started"] == json.loads((tmp_path / "args.json").read_text())["started"]
+    assert latest["augmentation"]["transpose"] > 0 and latest["data"]["files"] == pipeline.metadata["training"][
+        "data"]["files"]
 
 
 def test_a_fine_tuned_model_inherits_the_licences_of_the_model_it_started_from(tmp_path):
-    from training.export import starting_point, terms_of
-    from training.prepare import MUSIC21_LICENCE
+    from improvd_train.export import starting_point, terms_of
+    from improvd_train.prepare import MUSIC21_LICENCE
 
     old = tmp_path / "scores.onnx"  # a card from before cards named licences: its sources tell
     old.with_suffix(".json").write_text(json.dumps(
@@ -294,13 +346,26 @@ def test_losses_are_per_piece_with_reset_and_carry_on_without(pipeline):
 
 def test_listener_compares_answers_and_the_reference_with_the_primer(pipeline):
     summary = pipeline.listen["summary"]
-    reference, answers = summary["reference"], summary["improvd (default)"]
-    assert reference["primers"] == answers["primers"] == 2
-    assert reference["empty"] == 0 and reference["notes"] > 10
-    assert -1 <= reference["correlation"] <= 1 and reference["register"] >= 0
-    assert set(pipeline.listen["goals_met"]["improvd (default)"]) == {"model", "chosen"}
-    assert len(pipeline.listen["primers"]["reference"]) == 2
-    assert "reference" in pipeline.listened and "pc corr" in pipeline.listened
+    assert set(summary) == {"classical", "pop"}  # asap-like and pop-like folders
+    for kind, rows in summary.items():
+        reference, answers = rows["reference"], rows["improvd (default)"]
+        assert reference["primers"] == answers["primers"] == 1
+        assert reference["empty"] == 0 and reference["notes"] > 10
+        assert all(reference[aspect] >= 0 for aspect in listen.ASPECTS)
+        assert 0 <= reference["echo"] <= 1 and 0 <= reference["short"] <= 1
+        verdict = pipeline.listen["verdicts"][kind]["improvd (default)"]
+        assert set(verdict["ratios"]) == set(listen.ASPECTS)
+        assert set(verdict["met"]) == {"every aspect ratio", "mean ratio", "short notes", "pitch-class correlation",
+                                       "register", "not an echo"}
+    assert "mean ratio" in pipeline.listened and "echo share" in pipeline.listened
+
+
+def test_bits_of_a_midi_folder_with_and_without_the_memory(pipeline):
+    last = pipeline.midi_bits.strip().splitlines()[-1]
+    match = re.fullmatch(r"bits/event: model (\d+\.\d{3}), with memory (\d+\.\d{3})", last)
+    assert match, last
+    model_bits, with_memory = map(float, match.groups())
+    assert 0 < with_memory < model_bits  # the fixture songs repeat themselves; the memory hears it
 
 
 # ---- the n-gram baseline --------------------------------------------------------------
@@ -383,3 +448,55 @@ def test_ngram_distributions_sum_to_one():
             totals = sum(np.array([p[-1] for p in evaluate.ngram_probabilities(
                 model.statistics(stream), discount)]) for stream in candidates)
             np.testing.assert_allclose(totals, 1.0, rtol=1e-9)
+
+
+def test_a_run_without_a_recorded_start_is_dated_from_its_state(tmp_path):
+    """Runs whose args.json predates the `started` key still get a start date in the lineage."""
+    from improvd_train.export import run_record
+
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"elapsed_s": 3600.0, "best_val_bits_per_event": 5.0}))
+    ended = datetime.datetime(2026, 11, 30, 6, 0, tzinfo=datetime.UTC).timestamp()
+    os.utime(state, (ended, ended))
+    record = run_record(tmp_path, {"transpose": 6, "stretch": 0.15},
+                        {"sources": {"performances": ["../shared/data/asap"], "folders": ["../shared/data/pop909"]},
+                         "files": 1846}, {"fp32_bits_per_event": 5.1, "int8_bits_per_event": 5.11})
+    assert record["started"] == "2026-11-30T05:00Z" and record["minutes"] == 60.0
+    assert record["data"]["sources"] == ["asap", "pop909"] and record["data"]["files"] == 1846
+    assert record["augmentation"] == {"transpose": 6, "stretch": 0.15, "velocity_scale": 0}
+    assert record["figures"]["test_bits_per_event"] == 5.11 and record["trainer"] == "tensorflow"
+
+
+# ---- the player memory in the evaluation ------------------------------------------------
+
+
+def test_memory_features_never_see_the_future():
+    """A token's memory probability depends only on the events before it: changing the
+    piece after position 60 leaves the first 59 scores untouched."""
+    rng = np.random.default_rng(3)
+    piece = np.tile(rng.integers(0, vocab.VOCAB_SIZE, 12), 10).astype(np.int32)
+    changed = piece.copy()
+    changed[60:] = rng.integers(0, vocab.VOCAB_SIZE, len(piece) - 60)
+    original, other = evaluate.memory_features([piece, changed])
+    np.testing.assert_array_equal(original[:59], other[:59])
+    assert original[80:, 0].mean() > 0.5  # by then a period of 12 repeating tokens is known
+
+
+def test_mixing_weights_fit_where_the_memory_knows():
+    """Where the memory is sure and right, the fitted weights lean on it; the mixture never
+    does worse than the better of its two parts by more than the grid's step."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    sure = rng.random(n) < 0.5
+    features = np.stack([np.where(sure, 0.9, 0.001), np.where(sure, 6, 0), np.where(sure, 0.05, 0.9),
+                         np.where(sure, 20, 1)], axis=1)
+    model_bits = np.full(n, 4.0)
+    fixed = evaluate.fit_fixed_weight(model_bits, features)
+    assert 0 < fixed < 1
+    coefficients = evaluate.fit_adaptive_weight(model_bits, features)
+    from improvd.memory import adaptive_weight
+
+    weights = adaptive_weight(features[:, 1], features[:, 2], features[:, 3], coefficients=coefficients)
+    assert weights[sure].min() > 0.8 and weights[~sure].max() < 0.2
+    adaptive = evaluate.mixed_bits(model_bits, features, weights).mean()
+    assert adaptive < evaluate.mixed_bits(model_bits, features, fixed).mean() < model_bits.mean()

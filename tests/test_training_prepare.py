@@ -1,4 +1,4 @@
-"""training.prepare on tiny performance folders: the piece-level split, the multi-track
+"""improvd_train.prepare on tiny performance folders: the piece-level split, the multi-track
 merge with the pedal folded, and the humanised rendering of scores."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from improvd import vocab
+from improvd_train import prepare, train
 from tests.performance_fixtures import asap_like, performance, pop_like
-from training import prepare, train
 
 
 @pytest.fixture(scope="module")

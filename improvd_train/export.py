@@ -1,6 +1,6 @@
 """Trained weights -> single-step ONNX model + self-describing JSON (the daemon's contract).
 
-    python -m training.export --run runs/default --out exported/improvd --quantize
+    python -m improvd_train.export --run runs/default --out exported/improvd --quantize
 
 Writes <out>.onnx and <out>.json. The step graph takes `token` int32 [batch], `h`, `c`
 float32 [layers, batch, units] and gives `logits` [batch, vocab], `h_out`, `c_out`. Before
@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ import numpy as np
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from improvd import vocab  # noqa: E402
+from improvd import lineage, vocab  # noqa: E402
 from improvd.model import FORMAT_VERSION  # noqa: E402
-from training import evaluate, prepare, train  # noqa: E402
+from improvd_train import evaluate, prepare, train  # noqa: E402
 
 # ---- defaults -------------------------------------------------------------------------
 RUN = "runs/default"
@@ -142,6 +143,41 @@ def starting_point(run_args: dict) -> tuple[dict | None, dict[str, str]]:
             "held_out_bits_per_event": card.get("held_out_bits_per_event")}, licences
 
 
+def run_record(run: Path, run_args: dict, data_manifest: dict, report: dict) -> dict:
+    """This run as one link of the model's lineage (improvd.lineage reads it)."""
+    state_path = run / "state.json"
+    state = json.loads(state_path.read_text())
+    started = run_args.get("started") or time.strftime(  # runs from before args.json kept it
+        "%Y-%m-%dT%H:%MZ", time.gmtime(state_path.stat().st_mtime - state.get("elapsed_s", 0)))
+    sources = data_manifest.get("sources", {})
+    return {
+        "started": started,
+        "minutes": round(state.get("elapsed_s", 0) / 60, 1),
+        "trainer": run_args.get("trainer", "tensorflow") + (f" ({state['device']})" if "device" in state else ""),
+        "data": {"sources": lineage.source_names(sources) if sources else [str(data_manifest.get("path"))],
+                 "files": data_manifest.get("files"),
+                 "train_events": data_manifest.get("splits", {}).get("train", {}).get("tokens")},
+        "augmentation": {k: run_args.get(k, 0) for k in ("transpose", "stretch", "velocity_scale")},
+        "recipe": {k: run_args.get(k) for k in ("layers", "units", "embedding", "seq_len", "batch", "lr", "lr_final",
+                                                "clip_norm", "dropout", "max_minutes", "minutes")
+                   if run_args.get(k) is not None},
+        "figures": {"validation_bits_per_event": state.get("best_val_bits_per_event"),
+                    "test_bits_per_event": report.get("int8_bits_per_event", report["fp32_bits_per_event"]),
+                    "test_fp32_bits_per_event": report["fp32_bits_per_event"]},
+    }
+
+
+def earlier_runs(run_args: dict) -> list[dict]:
+    """The lineage of the model this run started from (train --init an exported .onnx)."""
+    init = run_args.get("init")
+    if not init:
+        return []
+    card_path = Path(init).with_suffix(".json")
+    if Path(init).suffix != ".onnx" or not card_path.exists():
+        return [{"data": {"sources": [f"unknown: weights from {init}"]}}]
+    return lineage.runs(json.loads(card_path.read_text()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=RUN, help="training output folder (args.json + weights)")
@@ -156,10 +192,17 @@ def main(argv: list[str] | None = None) -> None:
 
     run = Path(args.run)
     run_args = json.loads((run / "args.json").read_text())
+    # read before anything is written: --out may be the very model this run started from
+    started_from, inherited = starting_point(run_args)
+    earlier = earlier_runs(run_args)
     layers, units = run_args["layers"], run_args["units"]
     data = Path(args.data or run_args["data"])
     model = train.build_model(layers, units, run_args["embedding"], run_args["dropout"])
-    model.load_weights(run / f"{args.weights}.weights.h5")
+    keras_weights = run / f"{args.weights}.weights.h5"
+    if keras_weights.exists():
+        model.load_weights(keras_weights)
+    else:  # a PyTorch run (improvd_train.torch_train): Keras-layout arrays
+        train.set_keras_arrays(model, dict(np.load(run / f"{args.weights}.weights.npz")), run)
 
     validation = train.load_split(data, "validation")
     test = train.load_split(data, "test")
@@ -195,7 +238,6 @@ def main(argv: list[str] | None = None) -> None:
     manifest_path = data / "manifest.json"
     data_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"path": str(data)}
     data_manifest["skipped"] = len(data_manifest.get("skipped", []))  # the count; the list stays with the data
-    started_from, inherited = starting_point(run_args)
     licences = {**inherited, **data_manifest.get("licences", {})}
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -212,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "licences": licences,
         "terms": terms_of(licences),
+        "lineage": earlier + [run_record(run, run_args, data_manifest, report)],
         "held_out_bits_per_event": report.get("int8_bits_per_event", report["fp32_bits_per_event"]),
         "export": report,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),

@@ -1,9 +1,9 @@
 """Train the stacked LSTM on prepared tokens.
 
-    python -m training.train --data data/corpus --out runs/default
-    python -m training.train --out runs/default --resume
-    python -m training.train --strategy mirrored ...     # several GPUs on one machine
-    TF_CONFIG=... python -m training.train --strategy multiworker ...
+    python -m improvd_train.train --data data/corpus --out runs/default
+    python -m improvd_train.train --out runs/default --resume
+    python -m improvd_train.train --strategy mirrored ...     # several GPUs on one machine
+    TF_CONFIG=... python -m improvd_train.train --strategy multiworker ...
 
 Each epoch writes a checkpoint (weights + state.json), a CSV log line and the PNG learning
 curve into --out; the run's arguments live beside them in args.json (never pickle), so
@@ -45,6 +45,7 @@ VELOCITY_SCALE = 0.2  # velocities scaled by a factor drawn from 80%..120% per p
 STEPS_PER_EPOCH = 0  # 0: one pass over the training tokens
 MAX_MINUTES = 0.0  # 0: no wall-clock budget
 LR_FINAL = 0.0  # with a budget: decay the learning rate linearly to this fraction by its end (0: on plateau)
+WARMUP_STEPS = 0  # steps of linear learning-rate warm-up (with a budget): 0 = none
 SEED = 1
 SHUFFLE_WINDOWS = 1024  # windows mixed before batching, so a batch spans many pieces
 # ---------------------------------------------------------------------------------------
@@ -109,13 +110,14 @@ def build_model(layers: int, units: int, embedding: int, dropout: float):
     for i in range(layers):
         x = keras.layers.LSTM(units, return_sequences=True, name=f"lstm_{i}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
-    logits = keras.layers.Dense(vocab.VOCAB_SIZE, name="logits")(x)
+    logits = keras.layers.Dense(vocab.VOCAB_SIZE, name="logits", dtype="float32")(x)  # fp32 under mixed precision
     return keras.Model(tokens, logits, name="improvd_lstm")
 
 
-def load_exported_weights(model, onnx_path: Path) -> None:
-    """Start from an exported step model (training/export.py's graph; int8 weights are
-    dequantized): fine-tuning a shipped model needs no checkpoint of it."""
+def exported_arrays(onnx_path: Path) -> dict[str, np.ndarray]:
+    """The Keras-layout weights ("<layer>/<index>", as keras_arrays gives them) of an exported
+    step model (export.py's graph; int8 weights are dequantized): fine-tuning a shipped model
+    needs no checkpoint of it."""
     import onnx
     from onnx import numpy_helper
 
@@ -132,15 +134,36 @@ def load_exported_weights(model, onnx_path: Path) -> None:
         return sorted(names, key=lambda name: int(name.rsplit("_", 1)[1]))
 
     (embedding,), cells, (logits,) = scope("embedding"), scope("lstm_cell"), scope("logits")
-    if len(cells) != sum(layer.name.startswith("lstm_") for layer in model.layers):
-        raise SystemExit(f"train: {onnx_path} has {len(cells)} LSTM layers; --layers must match it")
-    model.get_layer("embedding").set_weights([weight(f"{embedding}/GatherV2/ReadVariableOp:0")])
+    out = {"embedding/0": weight(f"{embedding}/GatherV2/ReadVariableOp:0"),
+           "logits/0": weight(f"{logits}/Cast/ReadVariableOp:0"),
+           "logits/1": weight(f"{logits}/BiasAdd/ReadVariableOp:0")}
     for i, cell in enumerate(cells):
-        model.get_layer(f"lstm_{i}").set_weights(
-            [weight(f"{cell}/Cast/ReadVariableOp:0"), weight(f"{cell}/Cast_1/ReadVariableOp:0"),
-             weight(f"{cell}/BiasAdd/ReadVariableOp:0")])
-    model.get_layer("logits").set_weights(
-        [weight(f"{logits}/Cast/ReadVariableOp:0"), weight(f"{logits}/BiasAdd/ReadVariableOp:0")])
+        for j, part in enumerate(("Cast", "Cast_1", "BiasAdd")):
+            out[f"lstm_{i}/{j}"] = weight(f"{cell}/{part}/ReadVariableOp:0")
+    return out
+
+
+def keras_arrays(model) -> dict[str, np.ndarray]:
+    """The weights of build_model's layers keyed "<layer>/<index>" (the interchange with
+    improvd_train.torch_lstm)."""
+    return {f"{layer.name}/{j}": np.asarray(w, np.float32)
+            for layer in model.layers for j, w in enumerate(layer.get_weights())}
+
+
+def set_keras_arrays(model, arrays: dict[str, np.ndarray], source: object = "the weights") -> None:
+    """Load "<layer>/<index>" arrays into build_model's layers; the architecture must match."""
+    layers = sum(layer.name.startswith("lstm_") for layer in model.layers)
+    if sum(key.endswith("/0") and key.startswith("lstm_") for key in arrays) != layers:
+        raise SystemExit(f"train: {source} has a different number of LSTM layers; --layers must match it")
+    for layer in model.layers:
+        count = len(layer.get_weights())
+        if count:
+            layer.set_weights([np.asarray(arrays[f"{layer.name}/{j}"], np.float32) for j in range(count)])
+
+
+def load_exported_weights(model, onnx_path: Path) -> None:
+    """Start from an exported step model (int8 weights are dequantized)."""
+    set_keras_arrays(model, exported_arrays(onnx_path), onnx_path)
 
 
 def make_strategy(name: str):
@@ -211,9 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, default=MAX_MINUTES, help="stop after this much training time")
     parser.add_argument("--lr-final", type=float, default=LR_FINAL,
                         help="with --max-minutes: decay the learning rate linearly to lr x this by the end")
+    parser.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
+                        help="with --max-minutes and --lr-final: raise the learning rate linearly over these steps")
     parser.add_argument("--random-seed", type=int, default=SEED)
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--progress", action="store_true",
+                        help="one progress bar over the time budget (or the epochs) instead of a line per epoch")
     parser.add_argument("--init", type=Path,
                         help="start from these weights: a Keras .weights.h5, or an exported .onnx (fine-tuning)")
     args = parser.parse_args(argv)
@@ -230,9 +257,11 @@ def main(argv: list[str] | None = None) -> None:
             setattr(args, key, saved[key])
         initial_epoch = json.loads(state_path.read_text())["epoch"]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "resume"}
+    settings["started"] = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())  # the model card's lineage
     if args.resume:  # keep the arguments of every earlier leg of the run, with where it stopped
         earlier = {k: v for k, v in saved.items() if k not in ("earlier", "vocab")}
         settings["earlier"] = saved.get("earlier", []) + [{**earlier, "until_epoch": initial_epoch}]
+        settings["started"] = saved.get("started", settings["started"])
     (out / "args.json").write_text(json.dumps({**settings, "vocab": vocab.spec()}, indent=2))
 
     data = Path(args.data)
@@ -255,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         load_exported_weights(model, args.init)
     elif args.init:
         model.load_weights(args.init)
-    model.summary(print_fn=lambda line, **_: print(line))
+    if not args.progress:
+        model.summary(print_fn=lambda line, **_: print(line))
 
     train_ds = make_dataset(
         lambda: windows(train_pieces, args.seq_len, rng, args.transpose, args.stretch, args.velocity_scale),
@@ -275,6 +305,10 @@ def main(argv: list[str] | None = None) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.best = json.loads(state_path.read_text())["best_val_loss"] if args.resume else float("inf")
+
+        def on_train_batch_end(self, batch, logs=None):
+            if args.max_minutes and time.monotonic() - started > args.max_minutes * 60:
+                self.model.stop_training = True  # ends the epoch here: validation and checkpoint follow
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -297,11 +331,16 @@ def main(argv: list[str] | None = None) -> None:
                 self.model.stop_training = True
 
     class BudgetDecay(keras.callbacks.Callback):
-        """A time budget, not an epoch count, bounds the run: decay against the clock."""
+        """A time budget, not an epoch count, bounds the run: decay against the clock, after a
+        linear warm-up that lets a fresh Adam settle before it moves trained weights at full rate."""
+
+        seen = 0
 
         def on_train_batch_begin(self, batch, logs=None):
             done = min(1.0, (time.monotonic() - started) / (args.max_minutes * 60))
-            self.model.optimizer.learning_rate.assign(args.lr * (1 - (1 - args.lr_final) * done))
+            self.seen += 1
+            warm = min(1.0, self.seen / args.warmup_steps) if args.warmup_steps else 1.0
+            self.model.optimizer.learning_rate.assign(args.lr * warm * (1 - (1 - args.lr_final) * done))
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -312,14 +351,35 @@ def main(argv: list[str] | None = None) -> None:
                 logs["epoch_s"] = time.monotonic() - self.t0
                 logs["val_bits_per_event"] = logs.get("val_loss", float("nan")) / np.log(2)
 
+    class Progress(keras.callbacks.Callback):
+        """A bar over the time budget (seconds) or the epochs' steps, with the validation figure."""
+
+        def on_train_begin(self, logs=None):
+            from tqdm import tqdm
+
+            budget = args.max_minutes * 60
+            self.bar = tqdm(total=round(budget) if budget else (args.epochs - initial_epoch) * steps,
+                            unit="s" if budget else "step", desc="train", dynamic_ncols=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            done = round(time.monotonic() - started) if args.max_minutes else self.bar.n + 1
+            self.bar.update(min(done, self.bar.total) - self.bar.n)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.bar.set_postfix_str(f"validation {(logs or {}).get('val_loss', float('nan')) / np.log(2):.3f} "
+                                     "bits/event")
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
     model.fit(
         train_ds,
         validation_data=validation_ds,
         epochs=args.epochs,
         initial_epoch=initial_epoch,
         steps_per_epoch=steps,
-        verbose=2,
-        callbacks=[
+        verbose=0 if args.progress else 2,
+        callbacks=[*([Progress()] if args.progress else []),
             EpochTimer(),
             keras.callbacks.CSVLogger(str(out / "log.csv"), append=args.resume),
             BudgetDecay() if args.max_minutes and args.lr_final else

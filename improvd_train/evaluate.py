@@ -1,6 +1,6 @@
 """Held-out bits/event of an exported model, beside the best n-gram on the same tokens.
 
-    python -m training.evaluate --model exported/improvd.onnx --data data/corpus \\
+    python -m improvd_train.evaluate --model exported/improvd.onnx --data data/corpus \\
         --report exported/improvd.eval.json
 
 A model's bits/event means little alone: what it learned beyond local statistics shows only
@@ -17,6 +17,17 @@ pieces streamed with the state never reset (the daemon runs for hours) against a
 state per piece. Targets: test bits/event <= 3.2, VELOCITY <= 3.5, TIME_SHIFT <= 4, model
 <= 0.85 x the best n-gram, never-reset stream within 0.05 bits of the per-piece figure,
 step p99 <= 250 us.
+
+With the player memory (improvd/memory.py): each test piece is also scored with a memory
+built streaming on that piece's own earlier events (never the future), mixed with the model
+by a fixed weight and by the adaptive weight, both fitted on --fit-pieces validation pieces;
+by event type and by source, beside the model alone and the memory alone. Targets: with the
+memory <= 0.75 x the model alone overall, <= 0.95 x on ASAP.
+
+    python -m improvd_train.evaluate --midi ~/recordings     # any folder of MIDI files, each a piece
+
+scores just that: every file with the model alone and with the memory (the shipped weight),
+the last line reading ``bits/event: model X.XXX, with memory Y.YYY``.
 """
 
 from __future__ import annotations
@@ -32,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from improvd import vocab
-from training.train import load_split, piece_gap
+from improvd import memory, vocab
+from improvd_train.train import load_split, piece_gap
 
 # ---- defaults -------------------------------------------------------------------------
 MODEL = "exported/improvd.onnx"
@@ -49,6 +60,9 @@ TARGET_TYPE_BITS = {"velocity": 3.5, "time_shift": 4.0}  # mean bits of one such
 TARGET_RATIO = 0.85  # model bits/event <= 0.85 x best n-gram
 TARGET_DRIFT_BITS = 0.05  # never-reset stream minus per-piece reset, at most
 TARGET_P99_US = 250.0  # one step on one CPU thread
+FIT_PIECES = 40  # validation pieces the memory's mixing weights are fitted on
+TARGET_MEMORY_RATIO = 0.75  # bits/event with the memory <= 0.75 x the LSTM alone
+TARGET_MEMORY_RATIO_CLASSICAL = 0.95  # ... and <= 0.95 x on ASAP, where literal repetition is rarest
 # ---------------------------------------------------------------------------------------
 
 
@@ -261,6 +275,148 @@ def ngram_baseline(train: np.ndarray, validation: np.ndarray, test: np.ndarray,
             "seconds": round(time.monotonic() - started, 1)}
 
 
+# ---- the player memory ----------------------------------------------------------------
+
+
+def event_times(piece: np.ndarray) -> np.ndarray:
+    """Seconds at which each token of a piece happens (its TIME_SHIFTs summed before it)."""
+    ticks = np.where(piece >= vocab.TIME_SHIFT_OFFSET, piece - vocab.TIME_SHIFT_OFFSET + 1, 0)
+    ticks = np.where(piece >= vocab.VELOCITY_OFFSET, 0, ticks)
+    return np.cumsum(ticks) * vocab.TICK_S
+
+
+def memory_features(pieces: list[np.ndarray], settings: dict | None = None) -> list[np.ndarray]:
+    """For every token of every piece but its first: [p, order, escape, count] under a memory
+    that has heard only that piece's earlier events, learnt one by one as they come (the
+    memory is what the daemon would have built from this player by then; never the future)."""
+    result = []
+    for piece in pieces:
+        memory_ = memory.Memory(**(settings or {}))
+        times = event_times(piece)
+        rows = np.empty((max(len(piece) - 1, 0), 4))
+        context = memory_.learn(memory.Context(), int(piece[0]), float(times[0]))
+        for i in range(1, len(piece)):
+            token = int(piece[i])
+            rows[i - 1] = memory_.probability(context, token)
+            context = memory_.learn(context, token, float(times[i]))
+        result.append(rows)
+    return result
+
+
+def mixed_bits(model_bits: np.ndarray, features: np.ndarray, weight: np.ndarray | float) -> np.ndarray:
+    """-log2 of (1 - w) p_model + w p_memory, token by token."""
+    return -np.log2((1 - weight) * np.exp2(-model_bits) + weight * features[:, 0])
+
+
+def fit_fixed_weight(model_bits: np.ndarray, features: np.ndarray) -> float:
+    """The one weight (0.00 .. 1.00 in steps of 0.05) with the fewest bits on these tokens."""
+    grid = np.round(np.arange(0, 1.0001, 0.05), 2)
+    return float(grid[int(np.argmin([mixed_bits(model_bits, features, w).mean() for w in grid]))])
+
+
+def fit_adaptive_weight(model_bits: np.ndarray, features: np.ndarray, steps: int = 300) -> tuple[float, ...]:
+    """The coefficients of memory.adaptive_weight that minimise bits on these tokens
+    (gradient descent with Adam on the mixture's log loss; numpy only)."""
+    p_model, p_memory = np.exp2(-model_bits), features[:, 0]
+    x = memory.weight_features(features[:, 1], features[:, 2], features[:, 3])
+    theta = np.zeros(x.shape[1])
+    first, second = np.zeros_like(theta), np.zeros_like(theta)
+    for step in range(1, steps + 1):
+        w = 1 / (1 + np.exp(-x @ theta))
+        mix = (1 - w) * p_model + w * p_memory
+        # d(-ln mix)/d theta = -(p_memory - p_model) w (1 - w) / mix x
+        gradient = -(((p_memory - p_model) * w * (1 - w) / mix)[:, None] * x).mean(0)
+        first = 0.9 * first + 0.1 * gradient
+        second = 0.999 * second + 0.001 * gradient ** 2
+        theta -= 0.1 * (first / (1 - 0.9 ** step)) / (np.sqrt(second / (1 - 0.999 ** step)) + 1e-8)
+    return tuple(float(t) for t in theta)
+
+
+def by_groups(bits_: list[np.ndarray], pieces: list[np.ndarray], sources: list[str]) -> dict:
+    """Mean bits overall, by event type and by source, of per-piece token bits."""
+    flat = np.concatenate(bits_)
+    return {"all": float(flat.mean()), "by_event_type": bits_by_event_type(pieces, bits_),
+            "by_source": {name: float(np.concatenate([b for b, s in zip(bits_, sources, strict=True)
+                                                      if s == name]).mean())
+                          for name in sorted(set(sources))}}
+
+
+def memory_report(onnx_path: Path, validation: list[np.ndarray], test: list[np.ndarray],
+                  test_sources: list[str], test_losses: list[np.ndarray]) -> dict:
+    """Bits/event on ``test`` of the LSTM alone, the memory alone, and the two mixed with a
+    fixed weight and with the adaptive weight, both fitted on ``validation``."""
+    started = time.monotonic()
+    fit_losses = np.concatenate(token_losses(onnx_path, validation, reset=True))
+    fit_features = np.concatenate(memory_features(validation))
+    fixed = fit_fixed_weight(fit_losses, fit_features)
+    coefficients = fit_adaptive_weight(fit_losses, fit_features)
+    features = memory_features(test)
+    rows = {
+        "lstm": test_losses,
+        "memory alone": [-np.log2(f[:, 0]) for f in features],
+        f"fixed weight {fixed:.2f}": [mixed_bits(b, f, fixed) for b, f in zip(test_losses, features, strict=True)],
+        "adaptive weight": [mixed_bits(b, f, memory.adaptive_weight(f[:, 1], f[:, 2], f[:, 3],
+                                                                    coefficients=coefficients))
+                            for b, f in zip(test_losses, features, strict=True)],
+    }
+    table = {name: by_groups(bits_, test, test_sources) for name, bits_ in rows.items()}
+    lstm, adaptive = table["lstm"], table["adaptive weight"]
+    ratios = {"all": adaptive["all"] / lstm["all"]}
+    ratios |= {source: adaptive["by_source"][source] / lstm["by_source"][source] for source in lstm["by_source"]}
+    return {"settings": {"max_order": memory.MAX_ORDER, "horizon_events": memory.HORIZON_EVENTS,
+                         "horizon_s": memory.HORIZON_S, "shift_class_ticks": memory.SHIFT_CLASS_TICKS,
+                         "velocity_class_bins": memory.VELOCITY_CLASS_BINS},
+            "fixed_weight": fixed, "adaptive_coefficients": coefficients,
+            "shipped_coefficients": list(memory.ADAPTIVE), "validation_tokens": len(fit_losses),
+            "test": table, "ratio_to_lstm": ratios,
+            "targets": {"all": {"value": ratios["all"], "target": TARGET_MEMORY_RATIO,
+                                "met": ratios["all"] <= TARGET_MEMORY_RATIO},
+                        **{source: {"value": ratios[source], "target": TARGET_MEMORY_RATIO_CLASSICAL,
+                                    "met": ratios[source] <= TARGET_MEMORY_RATIO_CLASSICAL}
+                           for source in ("asap",) if source in ratios}},
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def print_memory_report(report: dict) -> None:
+    print(f"  with the player memory (built on each test piece's earlier events; weights fitted on "
+          f"{report['validation_tokens']} validation tokens): bits/event")
+    sources = list(report["test"]["lstm"]["by_source"])
+    types = list(report["test"]["lstm"]["by_event_type"])
+    print(f"    {'':<20}{'all':>8}" + "".join(f"{s:>10}" for s in sources) + "".join(f"{t:>11}" for t in types))
+    for name, row in report["test"].items():
+        print(f"    {name:<20}{row['all']:>8.3f}" + "".join(f"{row['by_source'][s]:>10.3f}" for s in sources)
+              + "".join(f"{row['by_event_type'][t]:>11.3f}" for t in types))
+    print("    adaptive coefficients (bias, order, log2(1 + count), escape): "
+          + ", ".join(f"{c:.3f}" for c in report["adaptive_coefficients"]))
+
+
+def midi_folder(onnx_path: Path, folder: Path, strength: float) -> None:
+    """Every MIDI file of ``folder`` as a piece: bits/event of the model alone and with the
+    memory (shipped adaptive weight), file by file; the last line sums them up."""
+    import mido
+
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+    pieces, names = [], []
+    for path in paths:
+        try:
+            tokens = np.asarray(vocab.midi_to_tokens(mido.MidiFile(path)), np.int32)
+        except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as err:
+            print(f"  {path}: skipped ({type(err).__name__}: {err})")
+            continue
+        if len(tokens) > 1:
+            pieces.append(tokens)
+            names.append(path.relative_to(folder))
+    if not pieces:
+        raise SystemExit(f"evaluate: {folder}: no MIDI file with notes")
+    losses = token_losses(onnx_path, pieces, reset=True)
+    features = memory_features(pieces)
+    mixed = [mixed_bits(b, f, memory.adaptive_weight(f[:, 1], f[:, 2], f[:, 3], strength))
+             for b, f in zip(losses, features, strict=True)]
+    for name, alone, together in zip(names, losses, mixed, strict=True):
+        print(f"  {name}: {len(alone)} events, model {alone.mean():.3f}, with memory {together.mean():.3f}")
+    print(f"bits/event: model {np.concatenate(losses).mean():.3f}, with memory {np.concatenate(mixed).mean():.3f}")
+
+
 # ---- step latency ---------------------------------------------------------------------
 
 
@@ -327,7 +483,17 @@ def main(argv: list[str] | None = None) -> None:
                              "does extra material help on this test split?")
     parser.add_argument("--latency-steps", type=int, default=LATENCY_STEPS,
                         help=f"timed steps (after {WARMUP_STEPS} warm-up steps)")
+    parser.add_argument("--fit-pieces", type=int, default=FIT_PIECES,
+                        help="validation pieces the memory's weights are fitted on (0: all)")
+    parser.add_argument("--midi", type=Path, metavar="DIR",
+                        help="only this: bits/event of every MIDI file in DIR (each a piece), model alone "
+                             "and with the player memory")
+    parser.add_argument("--memory-strength", type=float, default=memory.STRENGTH,
+                        help="with --midi: the memory's strength (0 = model alone .. 1 = memory alone)")
     args = parser.parse_args(argv)
+    if args.midi:
+        midi_folder(Path(args.model), args.midi, args.memory_strength)
+        return
 
     model_path, data = Path(args.model), Path(args.data)
     report_path = Path(args.report) if args.report else model_path.with_suffix(".eval.json")
@@ -347,9 +513,12 @@ def main(argv: list[str] | None = None) -> None:
     files_path = data / "files.json"
     sources = [f["piece"].split("/")[0] for f in json.loads(files_path.read_text())["test"]] \
         if files_path.exists() else ["all"] * len(test_pieces)
-    by_source = {name: float(np.concatenate([losses for losses, source in zip(reset_losses, sources, strict=True)
-                                             if source == name]).mean())
-                 for name in sorted(set(sources))}
+    by_source = by_groups(reset_losses, test_pieces, sources)["by_source"]
+    validation_pieces = load_split(data, "validation")
+    if args.fit_pieces and len(validation_pieces) > args.fit_pieces:
+        spread = np.linspace(0, len(validation_pieces) - 1, args.fit_pieces).round().astype(int)
+        validation_pieces = [validation_pieces[i] for i in spread]
+    with_memory = memory_report(model_path, validation_pieces, test_pieces, sources, reset_losses)
     ngram = ngram_baseline(streams["train"], streams["validation"], streams["test"], args.max_order)
     ratio = model_bits / ngram["best_test_bits_per_event"]
     step = latency(step_times(step_session(model_path), 1, args.latency_steps))
@@ -362,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         "never_reset_minus_reset": {"value": stream_bits - model_bits, "target": TARGET_DRIFT_BITS,
                                     "met": stream_bits - model_bits <= TARGET_DRIFT_BITS},
         "step_p99_us": {"value": step["p99_us"], "target": TARGET_P99_US, "met": latency_met},
+        **{f"memory_ratio_{name}": target for name, target in with_memory["targets"].items()},
     }
 
     report = {
@@ -378,6 +548,7 @@ def main(argv: list[str] | None = None) -> None:
         "model_test_bits_never_reset": stream_bits,
         "ngram": ngram,
         "ratio_to_best_ngram": ratio,
+        "memory": with_memory,
         "targets": targets,
         "latency": {**step, "threads": 1, "batch": 1, "steps": args.latency_steps,
                     "target_p99_us": TARGET_P99_US, "target_met": bool(latency_met)},
@@ -399,6 +570,7 @@ def main(argv: list[str] | None = None) -> None:
     print("  by event type: " + ", ".join(f"{k} {v:.3f}" for k, v in by_type.items()))
     print("  by source: " + ", ".join(f"{k} {v:.3f}" for k, v in by_source.items()))
     print(f"  state never reset: {stream_bits:.4f} (reset per piece: {model_bits:.4f})")
+    print_memory_report(with_memory)
     print(f"  step latency, 1 thread, batch 1: p50 {step['p50_us']:.0f} us, p99 {step['p99_us']:.0f} us")
     for name, target in targets.items():
         print(f"  target {name:<26} {target['value']:>9.3f} <= {target['target']:<7} "

@@ -1,8 +1,8 @@
 """Corpus -> token arrays, split train/validation/test by piece.
 
-    python -m training.prepare --corpus essenFolksong,bach --out data/corpus
-    python -m training.prepare --folder ~/midi --out data/mine
-    python -m training.prepare --corpus '' --performances ../shared/data/asap \
+    python -m improvd_train.prepare --corpus essenFolksong,bach --out data/corpus
+    python -m improvd_train.prepare --folder ~/midi --out data/mine
+    python -m improvd_train.prepare --corpus '' --performances ../shared/data/asap \
         --folder ../shared/data/pop909 --out data/performance
 
 Sources are collections of the corpus that ships inside music21 (no download) and folders
@@ -72,6 +72,7 @@ def piece_of_performance(root: Path, path: Path) -> str:
     return f"{root.name}/" + "/".join(parts)
 
 
+DRUMS_ONLY = "only drums (channel 10), which improvd ignores"
 MUSIC21_LICENCE = "public-domain scores shipped with music21 (BSD-3-Clause)"
 
 
@@ -132,9 +133,12 @@ def read_source(item: tuple[str, str]) -> tuple[str, list[tuple[str, np.ndarray]
     try:
         suffix = Path(path).suffix.lower()
         if suffix in MIDI_SUFFIXES:
-            tokens = vocab.midi_to_tokens(mido.MidiFile(path))
+            midi = mido.MidiFile(path)
+            tokens = vocab.midi_to_tokens(midi)
             if tokens:
                 pieces.append((label, np.asarray(tokens, np.int16)))
+            elif vocab.midi_to_tokens(midi, skip_drums=False):
+                skipped.append(f"{path}: {DRUMS_ONLY}")
             else:
                 skipped.append(f"{path}: no notes")
         else:
@@ -184,6 +188,21 @@ def list_sources(collections: list[str], folders: list[str], limit: int | None,
     return items
 
 
+def save_splits(out: Path, by_split: dict[str, list[tuple[str, str, np.ndarray]]]) -> tuple[dict, dict]:
+    """<split>.npz (tokens + piece offsets) for each split of (piece id, path, tokens);
+    returns the manifest's counts and files.json's lists."""
+    counts, files = {}, {}
+    for name, pieces in by_split.items():
+        pieces.sort(key=lambda p: (p[0], p[1]))  # files finish in any order; the arrays must not
+        lengths = [len(t) for _, _, t in pieces]
+        tokens = np.concatenate([t for _, _, t in pieces]) if pieces else np.zeros(0, np.int16)
+        np.savez(out / f"{name}.npz", tokens=tokens, offsets=np.cumsum([0] + lengths))
+        counts[name] = {"pieces": len(pieces), "tokens": int(len(tokens)),
+                        "distinct": len({piece_id for piece_id, _, _ in pieces})}
+        files[name] = [{"piece": piece_id, "path": path} for piece_id, path, _ in pieces]
+    return counts, files
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=CORPUS, help="music21 corpus collections, comma-separated ('' for none)")
@@ -212,15 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             for piece_id, tokens in pieces:
                 by_split[split_of(piece_id)].append((piece_id, path, tokens))
 
-    counts, files = {}, {}
-    for name, pieces in by_split.items():
-        pieces.sort(key=lambda p: (p[0], p[1]))  # files finish in any order; the arrays must not
-        lengths = [len(t) for _, _, t in pieces]
-        tokens = np.concatenate([t for _, _, t in pieces]) if pieces else np.zeros(0, np.int16)
-        np.savez(out / f"{name}.npz", tokens=tokens, offsets=np.cumsum([0] + lengths))
-        counts[name] = {"pieces": len(pieces), "tokens": int(len(tokens)),
-                        "distinct": len({piece_id for piece_id, _, _ in pieces})}
-        files[name] = [{"piece": piece_id, "path": path} for piece_id, path, _ in pieces]
+    counts, files = save_splits(out, by_split)
 
     manifest = {
         "vocab": vocab.spec(),

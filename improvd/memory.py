@@ -1,0 +1,299 @@
+"""The player memory: a variable-order model of what this player has played this session.
+
+The LSTM knows music; the memory knows this player (the Continuator's idea, Pachet 2003).
+It counts, for every context of up to ``max_order`` events, which event followed, and
+predicts with Witten-Bell interpolation from the longest context seen down to uniform.
+
+Contexts survive what players do: pitches are taken relative to the last struck note (a
+motif transposed is the same motif), and time shifts and velocities are coarsened (the same
+rhythm a little faster or softer is the same context). The predicted event keeps its exact
+time and velocity, give or take a little (a blur); its pitch is the step from the last struck
+note, turned back into a key and weighted by the pitch classes the player has used (the key).
+
+Bounded and forgetting: only the last ``horizon_events`` events, and none older than
+``horizon_s``, are counted; an event leaving the horizon takes its counts with it, so a
+daemon running for days neither grows nor fossilizes. Pure: time is passed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from improvd import vocab
+
+ON, OFF = vocab.NOTE_ON_OFFSET, vocab.NOTE_OFF_OFFSET
+SHIFT, VELOCITY = vocab.TIME_SHIFT_OFFSET, vocab.VELOCITY_OFFSET
+SIZE = vocab.VOCAB_SIZE
+CENTRE = 60  # the reference pitch before any note is struck: middle C
+
+# ---- defaults -------------------------------------------------------------------------
+MAX_ORDER = 8
+HORIZON_EVENTS = 4000
+HORIZON_S = 600.0
+SHIFT_CLASS_TICKS = 5  # time shifts in 50 ms classes as context
+VELOCITY_CLASS_BINS = 4  # velocities in classes of four bins (16 MIDI values) as context
+SHIFT_BLUR = 0.05  # predicted time shifts spread by a Gaussian of this width in log time (5 %)
+VELOCITY_BLUR = 0.5  # predicted velocities spread by a Gaussian this many bins wide
+KEY_PRIOR = 1.0  # predicted notes weighted by the player's pitch-class counts plus this (0: off)
+# 0: the trained model alone; 0.5: the weight that predicts held-out performances best; 1: mirror
+# the player. 0.7 leans towards the player: closer to the player's time on validation primers.
+STRENGTH = 0.7
+# The adaptive weight's coefficients over weight_features (bias, order, log2(1 + count), escape),
+# fitted on 30 validation pieces as `python -m improvd_train.evaluate` fits (and prints) them.
+ADAPTIVE = (0.59, 0.56, -0.18, -6.43)
+# ---------------------------------------------------------------------------------------
+
+
+def _relative_table() -> np.ndarray:
+    """[ref, token]: the token with its pitch as a step from ``ref`` (a key CENTRE - ref
+    away, modulo 128: a permutation of the vocabulary for each ref). Other events stay."""
+    tokens = np.arange(SIZE)
+    relative = np.tile(tokens, (128, 1))
+    refs = np.arange(128)[:, None]
+    for block in (ON, OFF):
+        relative[:, block:block + 128] = block + (tokens[None, :128] - refs + CENTRE) % 128
+    return relative
+
+
+RELATIVE = _relative_table()
+
+
+def _class_table(shift_ticks: int, velocity_bins: int) -> np.ndarray:
+    """The context class of each (relative) token: pitches exact, time and velocity coarse."""
+    table = np.arange(SIZE)
+    table[SHIFT:SHIFT + vocab.MAX_SHIFT_TICKS] = SHIFT + np.arange(vocab.MAX_SHIFT_TICKS) // shift_ticks
+    table[VELOCITY:] = VELOCITY + np.arange(vocab.VELOCITY_BINS) // velocity_bins
+    return table
+
+
+def _blur(values: np.ndarray, width: float) -> np.ndarray:
+    """[source, destination]: how a count at one value spreads over its neighbours (each row
+    sums to 1), a Gaussian of ``width`` in the units of ``values``; identity at width 0."""
+    if width <= 0:
+        return np.eye(len(values))
+    kernel = np.exp(-0.5 * ((values[None, :] - values[:, None]) / width) ** 2)
+    return kernel / kernel.sum(1, keepdims=True)
+
+
+BLOCKS = ((SHIFT, vocab.MAX_SHIFT_TICKS), (VELOCITY, vocab.VELOCITY_BINS))
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a stream stands, for the memory: its last events as context classes, and the
+    pitch of its last struck note. Immutable, so a candidate row or a journal keeps one."""
+
+    symbols: tuple[int, ...] = ()
+    ref: int = CENTRE
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The memory's next-event distribution for K contexts, and how sure it is of each."""
+
+    probs: np.ndarray  # [K, vocab] over absolute tokens
+    order: np.ndarray  # [K] length of the longest context seen before (0: none)
+    escape: np.ndarray  # [K] Witten-Bell escape probability at that context
+    count: np.ndarray  # [K] events counted after that context
+
+
+class Memory:
+    """Counts of what followed each context, kept for the events inside the horizon."""
+
+    def __init__(self, max_order: int = MAX_ORDER, horizon_events: int = HORIZON_EVENTS,
+                 horizon_s: float = HORIZON_S, shift_class_ticks: int = SHIFT_CLASS_TICKS,
+                 velocity_class_bins: int = VELOCITY_CLASS_BINS,
+                 shift_blur: float = SHIFT_BLUR, velocity_blur: float = VELOCITY_BLUR,
+                 key_prior: float = KEY_PRIOR) -> None:
+        self.key_prior = key_prior
+        self.max_order = max_order
+        self.horizon_events = horizon_events
+        self.horizon_s = horizon_s
+        self.classes = _class_table(shift_class_ticks, velocity_class_bins)
+        # a time shift a little longer or shorter, a velocity a little louder or softer: what
+        # followed a context is expected again, give or take (on a log scale for time)
+        self.blurs = (_blur(np.log(np.arange(1, vocab.MAX_SHIFT_TICKS + 1)), shift_blur),
+                      _blur(np.arange(vocab.VELOCITY_BINS, dtype=float), velocity_blur))
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: a new player, mode or model."""
+        # Every event adds at most one context per order, so the horizon bounds the contexts:
+        # room for all of them from the start (zeroed pages cost no memory until touched), and
+        # never a copy to grow into while someone is playing.
+        capacity = self.horizon_events * (self.max_order + 1) + 1
+        self._slots: dict[tuple[int, ...], int] = {}
+        self._counts = np.zeros((capacity, SIZE), np.uint16)
+        self._total = np.zeros(capacity, np.int64)
+        self._types = np.zeros(capacity, np.int64)
+        self._free = list(range(capacity - 1, -1, -1))
+        self._keys: list[tuple[int, ...]] = [()] * capacity  # the context of each slot in use
+        self._events: deque[tuple[float, tuple[int, ...], int, int]] = deque()  # (time, slots, target, token)
+        self._pitch_classes = np.zeros(12)  # of the notes struck inside the horizon
+
+    @property
+    def events(self) -> int:
+        """Events inside the horizon."""
+        return len(self._events)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the count arrays (the bulk of the memory's size)."""
+        return self._counts.nbytes + self._total.nbytes + self._types.nbytes
+
+    @property
+    def contexts(self) -> int:
+        return len(self._slots)
+
+    def advance(self, context: Context, token: int) -> Context:
+        """``context`` after ``token`` heard but not learnt from (improvd's own, or a
+        candidate row's)."""
+        symbols = (*context.symbols, int(self.classes[RELATIVE[context.ref, token]]))[-self.max_order:]
+        return Context(symbols, token - ON if ON <= token < ON + 128 else context.ref)
+
+    def learn(self, context: Context, token: int, now: float) -> Context:
+        """A player's event at ``now`` after ``context``: counted after each of its
+        contexts; the context after it."""
+        symbols = context.symbols
+        target = int(RELATIVE[context.ref, token])
+        slots = []
+        for order in range(len(symbols) + 1):
+            key = symbols[len(symbols) - order:]
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = self._free.pop()
+                self._keys[slot] = key
+            if self._counts[slot, target] == 0:
+                self._types[slot] += 1
+            self._counts[slot, target] += 1
+            self._total[slot] += 1
+            slots.append(slot)
+        self._events.append((now, tuple(slots), target, token))
+        if ON <= token < ON + 128:
+            self._pitch_classes[(token - ON) % 12] += 1
+        self._forget(now)
+        return self.advance(context, token)
+
+    def _forget(self, now: float) -> None:
+        """Take back the counts of events that left the horizon; free their empty contexts."""
+        while self._events and (len(self._events) > self.horizon_events
+                                or self._events[0][0] < now - self.horizon_s):
+            _, slots, target, token = self._events.popleft()
+            if ON <= token < ON + 128:
+                self._pitch_classes[(token - ON) % 12] -= 1
+            for slot in slots:
+                self._counts[slot, target] -= 1
+                if self._counts[slot, target] == 0:
+                    self._types[slot] -= 1
+                self._total[slot] -= 1
+                if self._total[slot] == 0:
+                    del self._slots[self._keys[slot]]
+                    self._free.append(slot)
+
+    def mixed(self, logits: np.ndarray, contexts: Sequence[Context], strength: float) -> np.ndarray:
+        """The model's logits [rows, vocab] mixed with this memory's prediction after each
+        row's context; the logits themselves at strength 0 or with nothing learnt (the
+        trained model alone, exactly)."""
+        if strength <= 0 or not self._events:
+            return logits
+        return mix(logits, self.predict(contexts), strength)
+
+    def probability(self, context: Context, token: int) -> tuple[float, int, float, int]:
+        """(p(token), order, escape, count) of ``predict([context])``, for one token without
+        the whole distribution: what scoring a long performance needs, event by event."""
+        if self.key_prior and ON <= token < ON + 128:  # the key weighs on the whole NOTE_ON block
+            prediction = self.predict([context])
+            return (float(prediction.probs[0, token]), int(prediction.order[0]), float(prediction.escape[0]),
+                    int(prediction.count[0]))
+        symbols = context.symbols
+        target = int(RELATIVE[context.ref, token])
+        block = next(((start, size, blur) for (start, size), blur in zip(BLOCKS, self.blurs, strict=True)
+                      if start <= target < start + size), None)
+        p = 0.0 if block is None else np.zeros(block[1])  # from the counts; the uniform part apart:
+        uniform = 1.0 / SIZE  # a blur moves what was counted, not the floor under everything
+        order, escape, count = -1, 1.0, 0
+        for length in range(len(symbols) + 1):
+            slot = self._slots.get(symbols[len(symbols) - length:])
+            if slot is None:
+                break
+            total, types = int(self._total[slot]), int(self._types[slot])
+            seen = self._counts[slot, target] if block is None else self._counts[slot, block[0]:block[0] + block[1]]
+            p = (seen + types * p) / (total + types)
+            order, escape, count = length, types / (total + types), total
+            uniform *= escape
+        if block is not None:
+            p = p @ block[2][:, target - block[0]]
+        return float(p + uniform), order, escape, count
+
+    def predict(self, contexts: Sequence[Context]) -> Prediction:
+        """The next-event distribution after each of ``contexts``: Witten-Bell, from the
+        uniform distribution up through every context order seen, longest last."""
+        rows = len(contexts)
+        slots = np.full((rows, self.max_order + 1), -1)
+        for row, context in enumerate(contexts):
+            symbols = context.symbols
+            for order in range(len(symbols) + 1):
+                slot = self._slots.get(symbols[len(symbols) - order:])
+                if slot is None:
+                    break
+                slots[row, order] = slot
+        seen = slots >= 0
+        at = np.where(seen, slots, 0)
+        total = np.where(seen, self._total[at], 0).astype(float)
+        types = np.where(seen, self._types[at], 0).astype(float)
+        denominator = np.maximum(total + types, 1)
+        # The recursion p_n = (counts_n + types_n p_(n-1)) / (total_n + types_n), unrolled: each
+        # order's counts weighted by 1 / its denominator x the escapes of every longer order.
+        escapes = np.where(seen, types / denominator, 1.0)
+        longer = np.cumprod(np.concatenate([np.ones((rows, 1)), escapes[:, :0:-1]], 1), 1)[:, ::-1]
+        weights = np.where(seen, longer / denominator, 0.0)
+        probs = np.matmul(weights[:, None, :], self._counts[at]).reshape(rows, SIZE)
+        for (start, size), blur in zip(BLOCKS, self.blurs, strict=True):  # what was counted, not the floor
+            probs[:, start:start + size] = probs[:, start:start + size] @ blur
+        probs += (longer[:, 0] * escapes[:, 0] / SIZE)[:, None]
+        order = seen.sum(1) - 1
+        top = np.maximum(order, 0)[:, None]
+        escape = np.where(order >= 0, np.take_along_axis(escapes, top, 1)[:, 0], 1.0)
+        count = np.take_along_axis(total, top, 1)[:, 0]
+        refs = np.array([c.ref for c in contexts])
+        absolute = probs[np.arange(rows)[:, None], RELATIVE[refs]]
+        if self.key_prior:  # steps taken from where the player is now land in the player's key
+            keys = (self._pitch_classes + self.key_prior) / (self._pitch_classes.sum() + 12 * self.key_prior)
+            notes = absolute[:, ON:ON + 128]
+            weighted = notes * np.tile(keys, 11)[:128]
+            absolute[:, ON:ON + 128] = weighted * (notes.sum(1) / weighted.sum(1))[:, None]
+        return Prediction(absolute, order, escape, count)
+
+
+def weight_features(order: np.ndarray, escape: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """[n, 4]: what the adaptive weight reads of the memory's confidence in a context."""
+    order, escape, count = (np.asarray(a, float) for a in (order, escape, count))
+    return np.stack([np.ones_like(order), order, np.log2(1 + count), escape], axis=-1)
+
+
+def adaptive_weight(order: np.ndarray, escape: np.ndarray, count: np.ndarray, strength: float = STRENGTH,
+                    coefficients: Sequence[float] = ADAPTIVE) -> np.ndarray:
+    """The memory's share of the mixture in each context: a logistic function of its
+    confidence (fitted on held-out performances for the strength 0.5), raised to a power
+    that sends it to 0 at strength 0 (the trained model alone) and 1 at strength 1 (the
+    memory alone: mirror the player). An empty memory gets no share at any strength."""
+    if strength <= 0:
+        return np.zeros(np.shape(order))
+    base = 1 / (1 + np.exp(-weight_features(order, escape, count) @ np.asarray(coefficients)))
+    share = base ** (np.log(strength) / np.log(0.5)) if strength < 1 else np.ones_like(base)
+    return np.where(np.asarray(order) >= 0, share, 0.0)
+
+
+def mix(logits: np.ndarray, prediction: Prediction, strength: float) -> np.ndarray:
+    """Row by row, log((1 - w) softmax(logits) + w memory) with w the adaptive weight at
+    ``strength``: scores the sampler takes as it takes the model's logits."""
+    weight = adaptive_weight(prediction.order, prediction.escape, prediction.count, strength)[:, None]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    model = np.exp(shifted)
+    model /= model.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return np.log((1 - weight) * model + weight * prediction.probs)
