@@ -67,8 +67,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-from", type=float, metavar="S",
                         help="prime with the seed file from S seconds on (default: its last 120 s)")
     parser.add_argument("--output-file", type=Path, help="write motif + continuation here and exit (no ports)")
+    parser.add_argument("--continuation-only", action="store_true",
+                        help="with --output-file: the new notes alone, at their place in the motif's timeline")
     parser.add_argument("--plot", type=Path, help="with --output-file: a piano roll (PNG, or PDF/SVG/... by extension)")
     parser.add_argument("--length", type=float, help="seconds of continuation for the seed file")
+    parser.add_argument("--bpm", type=float, help="tempo when no MIDI clock or transport gives one (engine.tempo_bpm)")
+    parser.add_argument("--answer-start", choices=("silence", "beat", "bar"),
+                        help="answers start on the silence, or on the next beat or bar when a tempo is known")
+    parser.add_argument("--quantize", type=float, metavar="Q",
+                        help="0..1: how far onsets are pulled to engine.grid when a tempo is known")
     parser.add_argument("--list-ports", action="store_true", help="list MIDI ports and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="store_true",
@@ -78,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--output-file, --plot and --seed-from need --seed-file")
     if args.plot and not args.output_file:
         parser.error("--plot needs --output-file")
+    if args.continuation_only and not args.output_file:
+        parser.error("--continuation-only needs --output-file")
     if args.length is not None and not 0 < args.length <= 600:
         parser.error(f"--length: must be more than 0 and at most 600 seconds, got {args.length:g}")
     if args.seed_from is not None and args.seed_from < 0:
@@ -91,6 +100,7 @@ def overrides_of(args: argparse.Namespace) -> dict[str, object]:
     return {
         "ports.input": args.input, "ports.output": args.output, "ports.api": args.api,
         "engine.mode": args.mode, "engine.seed": args.random_seed, "sampler.temperature": args.temperature,
+        "engine.tempo_bpm": args.bpm, "engine.answer_start": args.answer_start, "engine.quantize": args.quantize,
         "model.device": args.device, "model.path": named_model(str(args.model)) if args.model else None,
         "log.level": "debug" if args.verbose else None, "sampler.candidates": args.candidates,
         "memory.strength": args.memory_strength,
@@ -185,22 +195,25 @@ def continue_to_file(config: Config, args: argparse.Namespace) -> None:
     from improvd.seed import (
         OFFLINE_CANDIDATE_STEPS,
         continue_offline,
+        motif_tempo,
         plot_format,
         plot_piano_roll,
-        read_seed,
+        read_motif,
         seed_notes,
         write_continuation,
     )
 
     image_format = plot_format(args.plot) if args.plot else None  # before any work: a bad one costs nothing
-    seed = read_seed(args.seed_file, args.seed_track, args.seed_from)
+    seed = read_motif(args.seed_file, args.seed_track, args.seed_from)
     model = StepModel(config.model.path, config.model.device)
     engine = build_engine(config, model, now=0.0, candidate_steps=OFFLINE_CANDIDATE_STEPS)
     started = time.perf_counter()
-    notes = continue_offline(engine, seed, args.length)
+    tempo = motif_tempo(seed, config.engine.tempo_bpm, config.engine.beats_per_bar)
+    notes = continue_offline(engine, seed.messages, args.length, tempo)
     elapsed = time.perf_counter() - started
-    write_continuation(args.output_file, seed, notes, channel=config.ports.output_channel - 1)
-    motif = seed_notes(seed)
+    write_continuation(args.output_file, seed, notes, channel=config.ports.output_channel - 1,
+                       alone=args.continuation_only)
+    motif = seed_notes(seed.messages)
     print(f"improvd: {args.output_file}: motif {len(motif)} notes + continuation {len(notes)} notes "
           f"({notes[-1].end - notes[0].start if notes else 0:.1f} s), {model.steps} model steps in {elapsed:.2f} s")
     if args.plot:

@@ -90,6 +90,14 @@ class EngineConfig:
     lookahead_ms: int = setting(250, ge=20, le=5000)
     seed: int = setting(-1, off=-1, ge=0)
     max_held_s: float = setting(10.0, gt=0)
+    tempo_bpm: float = setting(0.0, off=0, ge=20, le=400)
+    beats_per_bar: int = setting(4, ge=1, le=16)
+    answer_start: str = setting("silence", choices=("silence", "beat", "bar"))
+    answer_bars: int = setting(0, ge=0, le=64)
+    quantize: float = setting(0.0, ge=0, le=1)
+    grid: str = setting("1/16", choices=("1/1", "1/2", "1/4", "1/8", "1/16", "1/32", "1/2t", "1/4t", "1/8t", "1/16t",
+                                          "1/32t"))
+    swing: float = setting(0.0, ge=0, le=0.5)
 
 
 @dataclass(frozen=True)

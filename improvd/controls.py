@@ -4,22 +4,21 @@ start/stop a sequencer sends."""
 from __future__ import annotations
 
 from improvd.config import ControlsConfig
+from improvd.tempo import Beat
 
 ALL_SOUND_OFF_CC, RESET_CONTROLLERS_CC, ALL_NOTES_OFF_CC = 120, 121, 123
 PANIC = "panic"
 RELEASE_KEYS, RELEASE_ALL, RELEASE_PEDAL = "keys", "keys and pedal", "pedal"  # what the player lifts
 FORGET = "forget"  # the player memory forgets this player
-CLOCK_MESSAGES = ("start", "continue", "stop", "clock")
+CLOCK_MESSAGES = ("start", "continue", "stop", "clock", "songpos")
 
 
 class Controls:
-    """Reads CCs as requests (a live value, a mode, a panic), and follows MIDI clock."""
+    """Reads CCs as requests (a live value, a mode, a panic), and follows MIDI clock (into ``beat``)."""
 
-    def __init__(self, config: ControlsConfig) -> None:
-        self.config = config
+    def __init__(self, config: ControlsConfig, beat: Beat) -> None:
+        self.config, self.beat = config, beat
         self.playing = True  # MIDI clock Stop pauses, Start/Continue resumes
-        self.clock_bpm: float | None = None
-        self._last_clock: float | None = None
 
     def control(self, control: int, value: int) -> tuple[str, object] | None:
         """What a CC asks for: (PANIC, what of the player's to release or None), (PANIC or None,
@@ -47,15 +46,11 @@ class Controls:
             return FORGET, None
         return None
 
-    def clock(self, kind: str, now: float) -> str | None:
-        """Follow a clock message (one of CLOCK_MESSAGES); PANIC when Stop must silence improvd."""
-        if kind == "clock":
-            if self._last_clock is not None and now > self._last_clock:
-                bpm = 60 / (24 * (now - self._last_clock))
-                self.clock_bpm = bpm if self.clock_bpm is None else 0.9 * self.clock_bpm + 0.1 * bpm
-            self._last_clock = now
-            return None
-        if not self.config.clock:
+    def clock(self, kind: str, now: float, position: int = 0) -> str | None:
+        """Follow a clock message (one of CLOCK_MESSAGES; a Song Position Pointer's
+        ``position`` in sixteenths); PANIC when Stop must silence improvd."""
+        self.beat.clock(kind, now, position)
+        if kind in ("clock", "songpos") or not self.config.clock:
             return None
         self.playing = kind != "stop"
         return PANIC if kind == "stop" else None

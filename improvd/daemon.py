@@ -29,12 +29,15 @@ from improvd.scheduler import Scheduler, all_notes_off, raise_priority
 from improvd.seed import read_seed
 from improvd.session import Event, MidiSession
 from improvd.telemetry import Telemetry
+from improvd.tempo import TempoMap
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 2048  # queued input messages beyond which new notes are dropped
 HARD_MAX_PENDING = 8192  # beyond which everything is dropped: memory stays bounded
 LOOP_MAX_WAIT_S = 0.05  # also bounds how long SIGTERM waits for the loop to notice
+TRANSPORT_SOURCE = "JACK transport"
+TRANSPORT_INTERVAL_S = 0.25  # JACK transport read this often: tempo changes followed within a beat
 STATUS_INTERVAL_S = 5.0  # STATUS= for `systemctl status`, resent only when it changed
 RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
 INPUT_BATCH = 32  # input messages folded between two generation polls
@@ -123,6 +126,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         realtime = config.service.realtime_priority if config.service.realtime else 0
         self.session = MidiSession(config.ports, self.inbox.put, max(1, realtime - 1) if realtime else 0)
+        self.tempo_source: str | None = None  # where the tempo comes from, as last logged
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -150,7 +154,9 @@ class Daemon:
             seed = read_seed(self.seed_file, self.seed_track, self.seed_from) if self.seed_file else None
             self.model = StepModel(self.config.model.path, self.config.model.device)
             self.session.open()
-            self.engine = build_engine(self.config, self.model, time.monotonic())
+            # The seed is folded in as if just played, ending now: the engine's stream must open
+            # before its first note, or every message would be clamped to one instant.
+            self.engine = build_engine(self.config, self.model, time.monotonic() - (seed[-1][0] if seed else 0.0))
             realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
             self.scheduler = Scheduler(self.session.send, self.telemetry, realtime_priority=realtime,
                                        lead_s=self.session.lead_s)
@@ -195,6 +201,7 @@ class Daemon:
         watchdog_every = self.notifier.watchdog_interval if self.config.service.watchdog else None
         report = Periodic(self.config.telemetry.interval_s, now)
         port_check = Periodic(self.config.ports.reconnect_s, now)
+        transport = Periodic(TRANSPORT_INTERVAL_S, now)
         watchdog = Periodic(watchdog_every, now, first=now)
         status = Periodic(min(STATUS_INTERVAL_S, watchdog_every or STATUS_INTERVAL_S), now, first=now)
         scheduler_died = False
@@ -209,7 +216,7 @@ class Daemon:
                 self.scheduler.submit(self.engine.on_message(message, arrival, time.monotonic()))
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             # Silence is judged at the oldest input still queued, not at the clock.
-            self.scheduler.submit(self.engine.poll(min(time.monotonic(), self.inbox.oldest())))
+            self.scheduler.submit(self._on_grid(self.engine.poll(min(time.monotonic(), self.inbox.oldest()))))
             self._record_choice(self.engine.take_choice())
             now = time.monotonic()
             if self.notifier.active:
@@ -223,6 +230,8 @@ class Daemon:
                         log.error("the scheduler thread has died; withholding watchdog pings so systemd restarts us")
                 if status.due(now):
                     self.notifier.status(self.status())
+            if transport.due(now):
+                self._follow_transport()
             if port_check.due(now) or self.session.changed():
                 for event in self.session.check():
                     self._on_port_event(event)
@@ -232,6 +241,33 @@ class Daemon:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
+
+    def _follow_transport(self) -> None:
+        """While a JACK timebase master (a DAW) rolls the transport, its tempo and bar are the
+        beat improvd plays on; when it stops, MIDI clock or the tempo set by hand again."""
+        beat = self.engine.beat
+        position = self.session.transport()
+        if position is not None and position.rolling:
+            beat.set_tempo(TempoMap.of_transport(position.bpm, position.bar, position.beat, position.tick,
+                                                 position.ticks_per_beat, position.beats_per_bar, position.at),
+                           TRANSPORT_SOURCE)
+        elif beat.fixed is not None and beat.fixed[1] == TRANSPORT_SOURCE:
+            beat.set_tempo(None)
+
+    def _on_grid(self, reply: Reply) -> Reply:
+        """Telemetry: how far each generated onset is scheduled from the grid, while a tempo
+        is known; a log line when the tempo's source changes."""
+        now = time.monotonic()
+        tempo = self.engine.beat.tempo(now)
+        if (tempo and tempo[1]) != self.tempo_source:
+            self.tempo_source = tempo and tempo[1]
+            log.info("tempo: %s", f"{tempo[0].bpm_at(now):.1f} bpm ({tempo[1]})" if tempo else "none: free time")
+        for timed in reply.messages:
+            if timed.message.type == "note_on" and timed.message.velocity and not timed.passthrough:
+                distance = self.engine.beat.distance(timed.time, now)
+                if distance is not None:
+                    self.telemetry.record("onset_to_grid", distance)
+        return reply
 
     def _record_choice(self, choice: candidates_module.Choice | None) -> None:
         """Candidate figures for the telemetry line (the engine logs each choice at debug)."""
@@ -314,8 +350,9 @@ class Daemon:
                            session.ports_text(), f"model on {self.model.provider}"]
         if engine is not None:
             parts.append(f"memory {engine.live.memory_strength:.2f} ({engine.memory.events} events)")
-        if engine is not None and engine.controls.clock_bpm:
-            parts.append(f"clock {engine.controls.clock_bpm:.0f} bpm")
+        tempo = engine.beat.tempo(time.monotonic()) if engine is not None else None
+        if tempo is not None:
+            parts.append(f"tempo {tempo[0].bpm_at(time.monotonic()):.1f} bpm ({tempo[1]})")
         if engine is not None and not engine.controls.playing:
             parts.append("stopped by MIDI clock")
         latency = self.telemetry.snapshot()["latency"]["phrase_end_to_first_note"]

@@ -28,6 +28,7 @@ from improvd.phrase import Phrase
 from improvd.reply import Reply, Timed
 from improvd.sampler import Sampler
 from improvd.stream import Stream
+from improvd.tempo import Beat
 from improvd.voice import Voice
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,16 @@ class Engine:
         self.counters = Counters()
         self.input_channels = frozenset(ch - 1 for ch in config.ports.input_channels)  # 0-based; empty: all
         self.sampler = Sampler(config.sampler, self.live, rng)
-        self.controls = Controls(config.controls)
-        self.phrase = Phrase(config.engine, self.live, now)
+        self.beat = Beat(config.engine)  # tempo and grid: MIDI clock, a file's or JACK's map, or by hand
+        self.controls = Controls(config.controls, self.beat)
+        self.phrase = Phrase(config.engine, self.live, self.beat, now)
         self.memory = Memory(horizon_events=config.memory.horizon_events, horizon_s=config.memory.horizon_s)
         self.candidates = Candidates(model, self.sampler, config.sampler, candidate_steps, clock, self.memory,
                                      self.live)
         # The stream opens with the one-second gap training puts between pieces.
         self.stream = Stream(model, now - vocab.MAX_SHIFT_TICKS * vocab.TICK_S, config.ports.output_channel - 1,
                              self.memory)
-        self.voice = Voice(self.stream, self.sampler, self.counters, self.live)
+        self.voice = Voice(self.stream, self.sampler, self.counters, self.live, self.beat)
         self._fold(self.stream.encoder.advance(now))
 
     # ---- what the daemon calls ---------------------------------------------------------
@@ -174,7 +176,8 @@ class Engine:
     def _hear(self, message: mido.Message, now: float) -> Reply:
         kind = message.type
         if kind in CLOCK_MESSAGES:
-            return self.panic(now) if self.controls.clock(kind, now) == PANIC else Reply()
+            action = self.controls.clock(kind, now, getattr(message, "pos", 0))
+            return self.panic(now) if action == PANIC else Reply()
         channel = getattr(message, "channel", None)
         if channel is None or (self.input_channels and channel not in self.input_channels):
             self.counters.messages_ignored += 1
@@ -198,6 +201,7 @@ class Engine:
                 self.counters.barge_ins += 1
                 reply.extend(self._stop_generating(now))
             self.phrase.strike(message.note, message.velocity, now)
+            self.beat.heard_note(now)
         tokens = self.stream.encoder.feed(message, now)
         for token in tokens:
             if vocab.NOTE_OFF_OFFSET <= token < vocab.TIME_SHIFT_OFFSET:

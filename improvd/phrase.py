@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from improvd import vocab
 from improvd.config import EngineConfig, Live
+from improvd.tempo import Beat
 
 
 def ticks(seconds: float) -> int:
@@ -28,8 +29,9 @@ class Plan:
 class Phrase:
     """The phrase the player is playing, from its first note to the last thing heard."""
 
-    def __init__(self, config: EngineConfig, live: Live, now: float) -> None:
-        self.config, self.live = config, live
+    def __init__(self, config: EngineConfig, live: Live, beat: Beat, now: float) -> None:
+        self.config, self.live, self.beat = config, live, beat
+        self._span: tuple[tuple[float, float], tuple[float, float]] | None = None  # (deadline, length) -> span
         self.start: float | None = None  # the first note; None between phrases
         self.notes: list[tuple[int, int]] = []  # (pitch, velocity) of the phrase's notes
         self.timing: list[list[float]] = []  # [start, end (-1: still down), pitch] of each note
@@ -67,13 +69,19 @@ class Phrase:
 
     def plan(self, deadline: float) -> Plan:
         """The answer: starting exactly on the deadline (not on the 10 ms grid the model
-        counts in: output times are grid times plus an offset under 5 ms), as long as the
-        phrase times the live ratio, within the configured bounds."""
+        counts in: output times are grid times plus an offset under 5 ms), or on the beat
+        or bar after it when a tempo is known and asked for; as long as the phrase times
+        the live ratio, within the configured bounds (or in whole beats or bars). Made
+        once per deadline, so that candidates searched for it still fit when it starts
+        while the clock's tempo moves."""
         length = self.next_length
         if length is None:
             length = min(max(self.live.answer_ratio * self.length(), self.config.min_answer_s),
                          self.config.max_answer_s)
-        return Plan(deadline, deadline + length, deadline - ticks(deadline) * vocab.TICK_S)
+        if self._span is None or self._span[0] != (deadline, length):
+            self._span = ((deadline, length), self.beat.span(deadline, length, deadline))
+        start, end = self._span[1]
+        return Plan(start, end, start - ticks(start) * vocab.TICK_S)
 
     def answered(self) -> None:
         """The answer starts: the phrase is over (until the answer is taken back unheard)."""

@@ -31,9 +31,10 @@ class Telemetry:
     """Named latency series plus counters, read by the periodic log line and the status."""
 
     # candidate_generation: wall time generating and scoring an answer's candidates;
-    # candidate_slack: from every candidate being ready to the answer starting.
+    # candidate_slack: from every candidate being ready to the answer starting;
+    # onset_to_grid: how far improvd's onsets are scheduled from the grid, while a tempo is known.
     SERIES = ("input_to_state", "phrase_end_to_first_note", "output_lateness", "candidate_generation",
-              "candidate_slack")
+              "candidate_slack", "onset_to_grid")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -2,7 +2,8 @@
 
 Generated events run up to a lookahead ahead of ``now``, each one journaled, so that when
 the player comes in everything not yet heard can be taken back and the player's event folded
-in after what really sounded.
+in after what really sounded. With a tempo and ``quantize``, each onset is placed on the grid
+(improvd.tempo): the stream moves on to it first, so the model hears the note where it sounds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from improvd.phrase import Plan, ticks
 from improvd.reply import Timed
 from improvd.sampler import Grammar, Sampler
 from improvd.stream import Stream
+from improvd.tempo import Beat
 
 
 class Counts(Protocol):
@@ -27,9 +29,10 @@ class Counts(Protocol):
 
 
 class Voice:
-    def __init__(self, stream: Stream, sampler: Sampler, counters: Counts, live: Live) -> None:
-        self.stream, self.sampler, self.counters, self.live = stream, sampler, counters, live
+    def __init__(self, stream: Stream, sampler: Sampler, counters: Counts, live: Live, beat: Beat) -> None:
+        self.stream, self.sampler, self.counters, self.live, self.beat = stream, sampler, counters, live, beat
         self.journal = Journal()
+        self.floor = 0.0  # no message before the last placed onset: output times never go back
         self.answering = False
         self.plan = Plan(0.0, 0.0, 0.0)  # the current (or last) answer's
         self.offset = 0.0  # output times are stream times plus this (the plan's, while answering)
@@ -52,6 +55,7 @@ class Voice:
             return False
         self.stream.restore(before)
         self.script.clear()
+        self.floor = 0.0
         return True
 
     def stop(self) -> None:
@@ -91,17 +95,41 @@ class Voice:
             if time >= until:
                 break
             line = self.stream.line
-            grammar = line.grammar(ticks(self.plan.answer_end - self.offset) if self.answering else None)
+            grammar = self._grammar()
             opening = line.note_first  # the answer's first note carries its deadline
             token = self._scripted(grammar)
             if token is None:
                 logits = self.stream.memory.mixed(self.stream.state.logits, [line.context], self.live.memory_strength)
                 token = self.sampler.sample(logits[0], grammar)
-            message = self._emit(token)
+            at = max(time + self.offset, self.floor)
+            if self.beat.config.quantize > 0 and vocab.decode(token).type is vocab.EventType.NOTE_ON:
+                placed = self._place(at, until)
+                if placed != at and not self._still_allowed(token):
+                    continue  # moved on to the grid, where the grammar wants something else first
+                at = placed
+            message = self._emit(token, at)
             if message is not None:
-                deadline = self.plan.deadline if message.type == "note_on" and opening else None
-                messages.append(Timed(time + self.offset, message, deadline))
+                # The planned time of the answer's first note: its deadline, or the grid line after it.
+                deadline = at if message.type == "note_on" and opening else None
+                messages.append(Timed(at, message, deadline))
         return messages
+
+    def _grammar(self) -> Grammar:
+        return self.stream.line.grammar(ticks(self.plan.answer_end - self.offset) if self.answering else None)
+
+    def _place(self, at: float, now: float) -> float:
+        """Where an onset due ``at`` is played: on the grid, when asked (within half a tick
+        of a grid line already passed, else ahead); the stream moves on to it first."""
+        placed = self.beat.place(at, now, vocab.TICK_S / 2)
+        for token in vocab.time_shift_tokens(ticks(placed - self.offset) - self.stream.encoder.tick):
+            self._emit(token)
+        self.floor = placed
+        return placed
+
+    def _still_allowed(self, token: int) -> bool:
+        if self.answering and self.time >= self.plan.answer_end - 1e-9:
+            return False
+        return bool(self.sampler.mask(self._grammar())[token])
 
     def _scripted(self, grammar: Grammar) -> int | None:
         """The chosen answer's next event, while it lasts and the grammar still allows it;
@@ -121,11 +149,12 @@ class Voice:
         releases = [self._emit(vocab.NOTE_OFF_OFFSET + pitch) for pitch in sorted(self.stream.line.own_notes)]
         return [Timed(time, message) for message in releases if message is not None]
 
-    def _emit(self, token: int) -> mido.Message | None:
-        """Play a generated token into the stream, journaled so that it can be taken back."""
+    def _emit(self, token: int, at: float | None = None) -> mido.Message | None:
+        """Play a generated token into the stream, journaled so that it can be taken back
+        until it has sounded (at ``at``, when its message is sent later than the stream's time)."""
         before = self.stream.snapshot()
         message = self.stream.play(token)
-        self.journal.record(self.time, before)
+        self.journal.record(max(self.time, self.floor, at or 0.0), before)
         if message is not None and message.type == "note_on":
             self.counters.notes_out += 1
         return message

@@ -2,12 +2,13 @@
 
 import pytest
 
-from improvd.config import ControlsConfig, Live
+from improvd.config import ControlsConfig, EngineConfig, Live
 from improvd.controls import PANIC, RELEASE_ALL, RELEASE_KEYS, RELEASE_PEDAL, Controls
+from improvd.tempo import Beat
 
 
 def controls(**settings) -> Controls:
-    return Controls(ControlsConfig(**settings))
+    return Controls(ControlsConfig(**settings), Beat(EngineConfig()))
 
 
 def test_knobs_ask_for_live_values_mode_and_panic():
@@ -31,7 +32,8 @@ def test_clock_gives_the_tempo_and_stop_start_pause_and_resume():
     c = controls()
     for i in range(48):
         c.clock("clock", i * 60 / (24 * 90))
-    assert c.clock_bpm == pytest.approx(90, rel=0.01)
+    tempo, source = c.beat.tempo(2.0)
+    assert source == "MIDI clock" and tempo.bpm_at(2.0) == pytest.approx(90, rel=0.01)
     assert c.clock("stop", 3.0) == PANIC and not c.playing
     assert c.clock("continue", 3.5) is None and c.playing
 

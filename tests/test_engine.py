@@ -214,7 +214,8 @@ def test_midi_clock_stop_and_start():
     assert room.sent == [] and not eng.controls.playing
     for i in range(48):
         eng.on_message(mido.Message("clock"), 4.0 + i * 60 / (24 * 120), 4.0 + i * 60 / (24 * 120))
-    assert eng.controls.clock_bpm == pytest.approx(120, rel=0.01)
+    tempo, source = eng.beat.tempo(4.0 + 48 * 60 / (24 * 120))
+    assert source == "MIDI clock" and tempo.bpm_at(4.0) == pytest.approx(120, rel=0.01)
     run(eng, room, 4.5, 8.0, events=[(4.5, mido.Message("start"))] + phrase(4.6))
     assert answer_notes(room)
 
@@ -324,3 +325,16 @@ def test_a_key_held_max_held_s_with_no_other_input_counts_as_released_logged_onc
         run(eng, room, 1.9, 4.0)
     assert answer_notes(room) and answer_notes(room)[0].time == pytest.approx(0.6 + 2.0 + SILENCE, abs=0.011)
     assert len([r for r in caplog.records if "counted as released" in r.getMessage()]) == 1
+
+
+def test_duet_onsets_keep_to_the_grid_of_a_tempo_set_by_hand():
+    """A tempo by hand counts beat 1 from the first note, the player's or (in duet, where
+    improvd may begin) improvd's; at 120 bpm every onset improvd plays lies on a sixteenth
+    (125 ms) from there."""
+    eng = make_engine(mode="duet", tempo_bpm=120, quantize=1.0)
+    room = Room()
+    run(eng, room, 0.0, 4.0, events=phrase(0.3))
+    onsets = [t.time for t in room.sent if t.message.type == "note_on" and t.message.velocity and not t.passthrough]
+    assert len(onsets) >= 4 and not room.problems
+    first = min(onsets[0], 0.3)
+    assert all(abs((t - first) / 0.125 - round((t - first) / 0.125)) < 1e-6 for t in onsets), onsets
