@@ -97,6 +97,7 @@ class Context:
 
     symbols: tuple[int, ...] = ()
     ref: int = CENTRE
+    held: tuple[int, ...] = ()  # the keys struck and not yet released, oldest first
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,11 @@ class Memory:
         """``context`` after ``token`` heard but not learnt from (improvd's own, or a
         candidate row's)."""
         symbols = (*context.symbols, int(self.classes[RELATIVE[context.ref, token]]))[-self.max_order:]
-        return Context(symbols, token - ON if ON <= token < ON + 128 else context.ref)
+        if ON <= token < ON + 128:
+            return Context(symbols, token - ON, (*(p for p in context.held if p != token - ON), token - ON))
+        if OFF <= token < OFF + 128:
+            return Context(symbols, context.ref, tuple(p for p in context.held if p != token - OFF))
+        return Context(symbols, context.ref, context.held)
 
     def learn(self, context: Context, token: int, now: float) -> Context:
         """A player's event at ``now`` after ``context``: counted after each of its
@@ -217,7 +222,7 @@ class Memory:
     def probability(self, context: Context, token: int) -> tuple[float, int, float, int]:
         """(p(token), order, escape, count) of ``predict([context])``, for one token without
         the whole distribution: what scoring a long performance needs, event by event."""
-        if (self.key_prior or self.register_width) and ON <= token < ON + 128:  # they weigh on every NOTE_ON
+        if ON <= token < ON + 256:  # the key and register weigh on every NOTE_ON, the held keys on every NOTE_OFF
             prediction = self.predict([context])
             return (float(prediction.probs[0, token]), int(prediction.order[0]), float(prediction.escape[0]),
                     int(prediction.count[0]))
@@ -286,6 +291,16 @@ class Memory:
             notes = absolute[:, ON:ON + 128]
             weighted = notes * prior
             absolute[:, ON:ON + 128] = weighted * (notes.sum(1) / np.maximum(weighted.sum(1), 1e-300))[:, None]
+        # A release predicted for a key that is not sounding (the steps were the player's, the
+        # notes are this row's) is a release all the same: its share goes to the keys held,
+        # evenly, so that a note struck long ago is let go too, not only the last one.
+        held = np.zeros((rows, 128), bool)
+        for row, context in enumerate(contexts):
+            held[row, list(context.held)] = True
+        offs = absolute[:, OFF:OFF + 128]
+        silent = np.where(held, 0.0, offs).sum(1)
+        spread = silent / np.maximum(held.sum(1), 1)
+        absolute[:, OFF:OFF + 128] = np.where(held, offs + spread[:, None], np.where(held.any(1)[:, None], 0.0, offs))
         return Prediction(absolute, order, escape, count)
 
 
