@@ -96,6 +96,7 @@ class SamplerConfig:
     temperature: float = setting(1.0, gt=0, le=5)
     top_p: float = setting(0.95, gt=0, le=1)
     max_polyphony: int = setting(12, ge=1, le=16)
+    min_note_s: float = setting(0.05, ge=0)
     max_note_s: float = setting(4.0, gt=0)
     pitch_low: int = setting(21, ge=0, le=127)
     pitch_high: int = setting(108, ge=0, le=127, not_below="pitch_low")
