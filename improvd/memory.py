@@ -8,7 +8,9 @@ Contexts survive what players do: pitches are taken relative to the last struck 
 motif transposed is the same motif), and time shifts and velocities are coarsened (the same
 rhythm a little faster or softer is the same context). The predicted event keeps its exact
 time and velocity, give or take a little (a blur); its pitch is the step from the last struck
-note, turned back into a key and weighted by the pitch classes the player has used (the key).
+note, turned back into a key and weighted by the pitch classes the player has used (the key)
+and by how near it lies to the player's recent register. A release is a release of a key the
+stream holds: one predicted for a silent key goes to the held ones.
 
 Bounded and forgetting: only the last ``horizon_events`` events, and none older than
 ``horizon_s``, are counted; an event leaving the horizon takes its counts with it, so a
