@@ -105,7 +105,7 @@ class SamplerConfig:
     weight_pitch_class: float = setting(2.0, ge=0)
     weight_register: float = setting(0.25, ge=0)
     weight_density: float = setting(1.0, ge=0)
-    weight_dynamics: float = setting(0.02, ge=0)
+    weight_dynamics: float = setting(0.08, ge=0)
     weight_rhythm: float = setting(1.0, ge=0)
     weight_note_length: float = setting(0.5, ge=0)
     weight_texture: float = setting(1.0, ge=0)
