@@ -8,7 +8,9 @@ Contexts survive what players do: pitches are taken relative to the last struck 
 motif transposed is the same motif), and time shifts and velocities are coarsened (the same
 rhythm a little faster or softer is the same context). The predicted event keeps its exact
 time and velocity, give or take a little (a blur); its pitch is the step from the last struck
-note, turned back into a key and weighted by the pitch classes the player has used (the key).
+note, turned back into a key and weighted by the pitch classes the player has used (the key)
+and by how near it lies to the player's recent register. A release is a release of a key the
+stream holds: one predicted for a silent key goes to the held ones.
 
 Bounded and forgetting: only the last ``horizon_events`` events, and none older than
 ``horizon_s``, are counted; an event leaving the horizon takes its counts with it, so a
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -39,6 +42,13 @@ VELOCITY_CLASS_BINS = 4  # velocities in classes of four bins (16 MIDI values) a
 SHIFT_BLUR = 0.05  # predicted time shifts spread by a Gaussian of this width in log time (5 %)
 VELOCITY_BLUR = 0.5  # predicted velocities spread by a Gaussian this many bins wide
 KEY_PRIOR = 1.0  # predicted notes weighted by the player's pitch-class counts plus this (0: off)
+# Predicted notes pulled towards the player's register: weighted by a Gaussian around the mean
+# of the player's last REGISTER_NOTES pitches, REGISTER_WIDTH times their spread (at least
+# REGISTER_MIN_SEMITONES) wide. Steps are relative to the last note, so without it a run of
+# rising steps climbs off the keyboard. 0: off.
+REGISTER_NOTES = 32
+REGISTER_WIDTH = 1.5
+REGISTER_MIN_SEMITONES = 4.0
 # 0: the trained model alone; 0.5: the weight that predicts held-out performances best; 1: mirror
 # the player. 0.7 leans towards the player: closer to the player's time on validation primers.
 STRENGTH = 0.7
@@ -89,6 +99,7 @@ class Context:
 
     symbols: tuple[int, ...] = ()
     ref: int = CENTRE
+    held: tuple[int, ...] = ()  # the keys struck and not yet released, oldest first
 
 
 @dataclass(frozen=True)
@@ -108,8 +119,9 @@ class Memory:
                  horizon_s: float = HORIZON_S, shift_class_ticks: int = SHIFT_CLASS_TICKS,
                  velocity_class_bins: int = VELOCITY_CLASS_BINS,
                  shift_blur: float = SHIFT_BLUR, velocity_blur: float = VELOCITY_BLUR,
-                 key_prior: float = KEY_PRIOR) -> None:
+                 key_prior: float = KEY_PRIOR, register_width: float = REGISTER_WIDTH) -> None:
         self.key_prior = key_prior
+        self.register_width = register_width
         self.max_order = max_order
         self.horizon_events = horizon_events
         self.horizon_s = horizon_s
@@ -134,6 +146,7 @@ class Memory:
         self._keys: list[tuple[int, ...]] = [()] * capacity  # the context of each slot in use
         self._events: deque[tuple[float, tuple[int, ...], int, int]] = deque()  # (time, slots, target, token)
         self._pitch_classes = np.zeros(12)  # of the notes struck inside the horizon
+        self._pitches: deque[int] = deque()  # of the notes struck inside the horizon, in order
 
     @property
     def events(self) -> int:
@@ -153,7 +166,11 @@ class Memory:
         """``context`` after ``token`` heard but not learnt from (improvd's own, or a
         candidate row's)."""
         symbols = (*context.symbols, int(self.classes[RELATIVE[context.ref, token]]))[-self.max_order:]
-        return Context(symbols, token - ON if ON <= token < ON + 128 else context.ref)
+        if ON <= token < ON + 128:
+            return Context(symbols, token - ON, (*(p for p in context.held if p != token - ON), token - ON))
+        if OFF <= token < OFF + 128:
+            return Context(symbols, context.ref, tuple(p for p in context.held if p != token - OFF))
+        return Context(symbols, context.ref, context.held)
 
     def learn(self, context: Context, token: int, now: float) -> Context:
         """A player's event at ``now`` after ``context``: counted after each of its
@@ -175,6 +192,7 @@ class Memory:
         self._events.append((now, tuple(slots), target, token))
         if ON <= token < ON + 128:
             self._pitch_classes[(token - ON) % 12] += 1
+            self._pitches.append(token - ON)
         self._forget(now)
         return self.advance(context, token)
 
@@ -185,6 +203,7 @@ class Memory:
             _, slots, target, token = self._events.popleft()
             if ON <= token < ON + 128:
                 self._pitch_classes[(token - ON) % 12] -= 1
+                self._pitches.popleft()
             for slot in slots:
                 self._counts[slot, target] -= 1
                 if self._counts[slot, target] == 0:
@@ -205,7 +224,7 @@ class Memory:
     def probability(self, context: Context, token: int) -> tuple[float, int, float, int]:
         """(p(token), order, escape, count) of ``predict([context])``, for one token without
         the whole distribution: what scoring a long performance needs, event by event."""
-        if self.key_prior and ON <= token < ON + 128:  # the key weighs on the whole NOTE_ON block
+        if ON <= token < ON + 256:  # the key and register weigh on every NOTE_ON, the held keys on every NOTE_OFF
             prediction = self.predict([context])
             return (float(prediction.probs[0, token]), int(prediction.order[0]), float(prediction.escape[0]),
                     int(prediction.count[0]))
@@ -261,11 +280,29 @@ class Memory:
         count = np.take_along_axis(total, top, 1)[:, 0]
         refs = np.array([c.ref for c in contexts])
         absolute = probs[np.arange(rows)[:, None], RELATIVE[refs]]
-        if self.key_prior:  # steps taken from where the player is now land in the player's key
-            keys = (self._pitch_classes + self.key_prior) / (self._pitch_classes.sum() + 12 * self.key_prior)
+        # steps taken from where a row is now land in the player's key and register
+        prior = np.ones(128)
+        if self.key_prior:
+            prior *= np.tile((self._pitch_classes + self.key_prior) / (self._pitch_classes.sum() + 12 * self.key_prior),
+                             11)[:128]
+        if self.register_width and self._pitches:
+            recent = np.fromiter(islice(reversed(self._pitches), REGISTER_NOTES), float)
+            width = self.register_width * max(recent.std(), REGISTER_MIN_SEMITONES)
+            prior *= np.exp(-0.5 * ((np.arange(128) - recent.mean()) / width) ** 2)
+        if self.key_prior or (self.register_width and self._pitches):
             notes = absolute[:, ON:ON + 128]
-            weighted = notes * np.tile(keys, 11)[:128]
-            absolute[:, ON:ON + 128] = weighted * (notes.sum(1) / weighted.sum(1))[:, None]
+            weighted = notes * prior
+            absolute[:, ON:ON + 128] = weighted * (notes.sum(1) / np.maximum(weighted.sum(1), 1e-300))[:, None]
+        # A release predicted for a key that is not sounding (the steps were the player's, the
+        # notes are this row's) is a release all the same: its share goes to the keys held,
+        # evenly, so that a note struck long ago is let go too, not only the last one.
+        held = np.zeros((rows, 128), bool)
+        for row, context in enumerate(contexts):
+            held[row, list(context.held)] = True
+        offs = absolute[:, OFF:OFF + 128]
+        silent = np.where(held, 0.0, offs).sum(1)
+        spread = silent / np.maximum(held.sum(1), 1)
+        absolute[:, OFF:OFF + 128] = np.where(held, offs + spread[:, None], np.where(held.any(1)[:, None], 0.0, offs))
         return Prediction(absolute, order, escape, count)
 
 

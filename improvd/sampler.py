@@ -37,7 +37,7 @@ class Sampler:
         self.config, self.live, self.rng = config, live, rng
 
     def mask(self, grammar: Grammar) -> np.ndarray:
-        """Allowed tokens: NOTE_OFF only for the model's own sounding notes; NOTE_ON only for
+        """Allowed tokens: NOTE_OFF only for the model's own notes sounding min_note_s; NOTE_ON only for
         silent keys in range under the polyphony cap; TIME_SHIFT no further than the moment
         the oldest note reaches max_note_s, which then must be released."""
         s = self.config
@@ -47,8 +47,9 @@ class Sampler:
         if overdue:
             allowed[[OFF + p for p in overdue]] = True
             return allowed
+        shortest = max(1, round(s.min_note_s / vocab.TICK_S))  # a note lasts at least a tick
         for pitch, start in grammar.own_notes.items():
-            allowed[OFF + pitch] = start < grammar.tick  # a note lasts at least one tick
+            allowed[OFF + pitch] = grammar.tick - start >= shortest
         if len(grammar.own_notes) < s.max_polyphony:
             allowed[ON + s.pitch_low : ON + s.pitch_high + 1] = True
             # the model's own notes too: a player's NOTE_OFF for a key improvd holds leaves it sounding

@@ -15,10 +15,12 @@ def sampler(seed=0, **settings):
     return Sampler(SamplerConfig(**settings), Live.of(Config()), np.random.default_rng(seed))
 
 
-def test_note_off_only_for_own_notes_older_than_a_tick():
-    mask = sampler().mask(grammar(own={60: 90, 64: 100}, sounding={67}))
+def test_note_off_only_for_own_notes_that_sounded_min_note_s():
+    mask = sampler().mask(grammar(own={60: 90, 62: 95, 64: 97, 65: 100}, sounding={67}))
     offs = {i - OFF for i in range(OFF, OFF + 128) if mask[i]}
-    assert offs == {60}  # 64 started this tick; 67 is the player's
+    assert offs == {60, 62}  # 64 sounded 30 ms and 65 not at all (min_note_s 0.05); 67 is the player's
+    mask = sampler(min_note_s=0.0).mask(grammar(own={60: 90, 64: 99, 65: 100}))
+    assert {i - OFF for i in range(OFF, OFF + 128) if mask[i]} == {60, 64}  # at least a tick, always
 
 
 def test_no_second_note_on_for_a_sounding_key_and_pitch_range():
