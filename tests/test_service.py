@@ -276,7 +276,7 @@ def user_install(tmp_path_factory) -> tuple[Path, Path]:
         pytest.skip("make not found")
     root = tmp_path_factory.mktemp("service")
     checkout, home = root / "checkout", root / "home"
-    for name in ("improvd", "training", "exported", "systemd", "examples"):
+    for name in ("improvd", "improvd_train", "exported", "systemd", "examples"):
         shutil.copytree(PROJECT_ROOT / name, checkout / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("Makefile", "pyproject.toml", "README.md", "config.toml"):
