@@ -152,6 +152,7 @@ def setup_logging(level: str) -> None:
 def version_text(model_path: Path) -> str:
     """The package's version, and which model it runs as its card (the JSON beside it) tells:
     the data of every training stage, and the terms the weights inherit from that data."""
+    from improvd.lineage import runs, summary
     from improvd.model import read_metadata
 
     try:
@@ -160,17 +161,9 @@ def version_text(model_path: Path) -> str:
         package = "(not installed: running from a source tree)"
     card = read_metadata(model_path)
     arch = card["architecture"]
-    training = card.get("training", {})
-    data = training.get("data", {})
     bits = card.get("held_out_bits_per_event")
-    trained = f"trained on {data_names(data.get('sources', {})) or data.get('path', 'unrecorded data')}"
-    if "files" in data:
-        trained += f" ({data['files']} files)"
-    stage = training.get("started_from")
-    while isinstance(stage, dict):  # the lineage: each stage names the data of the one before
-        sources = stage.get("data_sources") or stage.get("training", {}).get("data", {}).get("sources", {})
-        trained += f", fine-tuned from a model trained on {data_names(sources) or 'unrecorded data'}"
-        stage = stage.get("started_from") or stage.get("training", {}).get("started_from")
+    stages = [" + ".join(run.get("data", {}).get("sources") or ["unrecorded data"]) for run in runs(card)]
+    trained = "trained on " + ", then ".join(stages or ["unrecorded data"])
     licences = card.get("licences", {})
     terms = card.get("terms") or "; ".join(f"{name}: {licence}" for name, licence in licences.items())
     return "\n".join([
@@ -179,14 +172,8 @@ def version_text(model_path: Path) -> str:
         + (f", {bits:.3f} bits/event held out)" if isinstance(bits, float) else ")"),
         trained,
         f"terms: {terms or 'none recorded'}",
+        *summary(card),
     ])
-
-
-def data_names(sources: dict) -> str:
-    """``asap, pop909`` from folder paths; music21's corpus parts by name."""
-    folders = [Path(f).name for key in ("performances", "folders") for f in sources.get(key) or []]
-    corpus = sources.get("corpus") or []
-    return ", ".join(folders + ([f"music21's corpus ({', '.join(corpus)})"] if corpus else []))
 
 
 def continue_to_file(config: Config, args: argparse.Namespace) -> None:

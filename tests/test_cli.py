@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import mido
 import pytest
@@ -314,13 +313,14 @@ def test_version_tells_every_training_stage_and_the_terms_of_the_weights():
     card = json.loads(MODEL_PATH.with_suffix(".json").read_text())
     result = improvd("--version")
     assert result.returncode == 0, result.stderr
-    _, model, trained, terms = result.stdout.splitlines()
+    _, model, trained, terms, *lineage = result.stdout.splitlines()
     assert model.startswith(f"model {MODEL_PATH} ")
-    sources = card["training"]["data"]["sources"]
-    for folder in sources["performances"] + sources["folders"]:
-        assert Path(folder).name in trained
-    pretraining = card["training"]["started_from"]["data_sources"]["corpus"]
-    assert pretraining and all(name in trained.split("fine-tuned from")[1] for name in pretraining)
+    stages = trained.removeprefix("trained on ").split(", then ")
+    runs = card["lineage"]
+    assert len(stages) == len(runs) >= 2 and len(lineage) == len(runs) + 1  # a heading, then a line per run
+    for stage, run in zip(stages, runs, strict=True):  # every stage's data, the music21 pre-training first
+        assert all(source in stage for source in run["data"]["sources"])
+    assert "music21" in stages[0] and "asap" in stages[-1] and "pop909" in stages[-1]
     assert terms == f"terms: {card['terms']}"
     assert "NonCommercial-ShareAlike" in terms and "non-commercial use, share-alike" in terms
 
