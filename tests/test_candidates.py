@@ -11,7 +11,8 @@ from improvd.sampler import Grammar, Sampler
 from tests.engine_helpers import RecordingModel, Room, make_engine, note, phrase, replay, run, stream_tokens
 
 SILENCE, LOOKAHEAD = 0.5, 0.25
-REGISTER_ONLY = dict(weight_fluency=0, weight_pitch_class=0, weight_register=1, weight_density=0, weight_dynamics=0)
+REGISTER_ONLY = {name: float(name == "weight_register") for name in SamplerConfig.__dataclass_fields__
+                 if name.startswith("weight_")}  # every score term but register off
 
 
 def played_notes(room: Room) -> list[tuple[float, int, int]]:
