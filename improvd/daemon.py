@@ -156,7 +156,8 @@ class Daemon:
             self.session.open()
             # The seed is folded in as if just played, ending now: the engine's stream must open
             # before its first note, or every message would be clamped to one instant.
-            self.engine = build_engine(self.config, self.model, time.monotonic() - (seed[-1][0] if seed else 0.0))
+            self.engine = build_engine(self.config, self.model, time.monotonic() - (seed[-1][0] if seed else 0.0),
+                                       handed_over_s=self.session.lead_s)
             realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
             self.scheduler = Scheduler(self.session.send, self.telemetry, realtime_priority=realtime,
                                        lead_s=self.session.lead_s)
@@ -292,7 +293,7 @@ class Daemon:
         if event in (Event.OUTPUT_LOST, Event.SERVER_LOST):
             self._silence()
         if event is Event.SERVER_BACK:
-            self.scheduler.lead_s = self.session.lead_s
+            self.scheduler.lead_s = self.engine.handed_over_s = self.session.lead_s
         if event is Event.OUTPUT_BACK or (event is Event.SERVER_BACK and self.session.connected):
             self._all_notes_off()
         if event in (Event.SERVER_LOST, Event.SERVER_BACK):
@@ -336,7 +337,7 @@ class Daemon:
         self.scheduler.release_all()
         changes = changed_settings(self.config, config)
         self.config, self.model = config, model
-        self.engine = build_engine(config, model, time.monotonic())
+        self.engine = build_engine(config, model, time.monotonic(), handed_over_s=self.session.lead_s)
         log.info("reloaded %s (model %s): %s", config.source, config.model.path,
                  ", ".join(changes) or "no setting changed")
         self.notifier.ready(self.status())

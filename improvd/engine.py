@@ -53,11 +53,15 @@ class Counters:
 class Engine:
     """Reads top to bottom: what the daemon calls, then input, then the stream and the answer.
     ``clock`` measures the candidates' compute time; ``candidate_steps`` is how far they
-    go per poll (offline, with no clock to race, as far as they need)."""
+    go per poll (offline, with no clock to race, as far as they need). ``handed_over_s``:
+    how far ahead of ``now`` output is already out of the scheduler's hands (a port that
+    places messages at their frame gets them that early), so it counts as heard."""
 
     def __init__(self, model: StepModel, config: Config, rng: np.random.Generator, now: float, *,
-                 clock: Callable[[], float], candidate_steps: int = CANDIDATE_STEPS) -> None:
+                 clock: Callable[[], float], candidate_steps: int = CANDIDATE_STEPS,
+                 handed_over_s: float = 0.0) -> None:
         self.config = config
+        self.handed_over_s = handed_over_s
         self.live = Live.of(config)
         self.counters = Counters()
         self.input_channels = frozenset(ch - 1 for ch in config.ports.input_channels)  # 0-based; empty: all
@@ -79,13 +83,13 @@ class Engine:
     def on_message(self, message: mido.Message, arrival: float, now: float) -> Reply:
         """A message from the player that arrived at ``arrival``, handled at ``now``: what
         has sounded by ``now`` is never taken back. Never raises on odd input."""
-        self.voice.journal.heard(now)
+        self.voice.journal.heard(now + self.handed_over_s)
         return self._hear(message, arrival)
 
     def poll(self, now: float) -> Reply:
         """Start an answer when the player has gone quiet, and keep generation ``lookahead``
         ahead of ``now``."""
-        self.voice.journal.heard(now)
+        self.voice.journal.heard(now + self.handed_over_s)
         if not self.controls.playing:
             return Reply()
         reply = self._release_stale_keys(now)
@@ -96,8 +100,11 @@ class Engine:
             if deadline is not None and now >= deadline - self._lookahead():
                 self._start_answer(deadline, now)
         if self.voice.answering or self.live.mode == "duet":
+            answering = self.voice.answering
             self.voice.resume_no_sooner_than(now + REACTION_S)
             reply.messages += self.voice.generate_until(now + self._lookahead())
+            if answering and not self.voice.answering:
+                reply.settle_at = self.voice.time
         return reply
 
     def next_wakeup(self, now: float) -> float | None:
@@ -144,7 +151,7 @@ class Engine:
     def release_player(self, now: float, keys: bool = True, pedal: bool = True) -> Reply:
         """The player's connection went, or they sent All Notes Off: lift their keys (and
         pedal), which will never send their own releases, so that silence can be heard again."""
-        self.voice.journal.heard(now)
+        self.voice.journal.heard(now + self.handed_over_s)
         encoder = self.stream.encoder
         player = encoder.sounding - self.stream.line.own_notes.keys()
         held = sorted(player if pedal else player - encoder.held_by_pedal) if keys else []

@@ -35,6 +35,8 @@ jack.set_info_function(lambda message: log.debug("libjack: %s", message))
 
 FRAME_MASK = 0xFFFFFFFF  # JACK's frame counter is 32 bits and wraps (every 24.9 h at 48 kHz)
 HALF_RANGE = 0x80000000
+PAIRED_S = 50e-6  # a frame time and a monotonic time read this close together belong together
+PAIR_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -138,15 +140,29 @@ class JackClient:
         while self.cycles < target and time.monotonic() < deadline:
             time.sleep(0.001)
 
+    def _now(self) -> tuple[int, float]:
+        """JACK's frame time and time.monotonic() read together: a thread preempted between
+        the two reads (a busy machine) would shift every time converted by the gap, so a
+        pair read further apart than PAIRED_S is read again."""
+        for _ in range(PAIR_TRIES):
+            before = time.monotonic()
+            frame = self.client.frame_time
+            after = time.monotonic()
+            if after - before <= PAIRED_S:
+                break
+        return frame, (before + after) / 2
+
     def frame_at(self, when: float) -> int:
         """The JACK frame time of ``when`` (time.monotonic()); JACK's clock is the same one."""
-        return (self.client.frame_time + round((when - time.monotonic()) * self.rate)) & FRAME_MASK
+        frame, now = self._now()
+        return (frame + round((when - now) * self.rate)) & FRAME_MASK
 
     def time_of(self, frame: int) -> float:
         """The time.monotonic() of a recent JACK frame time (a cycle's frames run from its
         start, so the last of them is up to one period ahead of the clock)."""
-        age = ((self.client.frame_time - frame + HALF_RANGE) & FRAME_MASK) - HALF_RANGE
-        return time.monotonic() - age / self.rate
+        current, now = self._now()
+        age = ((current - frame + HALF_RANGE) & FRAME_MASK) - HALF_RANGE
+        return now - age / self.rate
 
     def ports(self, pattern: str = "", **flags: bool) -> list[str]:
         """MIDI port names (a regular expression and is_input/is_output narrow them)."""

@@ -34,7 +34,9 @@ RING_RECORDS = 4096  # per direction: 1.5 s of a 2,700 messages/s flood at 128 f
 LATE_FRAME = 0x80000000  # a frame offset at or past this is in the past (32-bit wrap)
 NOW = 0x80  # flag in a record's size: no due time, write it in the next cycle
 DRAIN_S = 0.5  # how long closing an output waits for what is queued to be written
-LEAD_MARGIN_S = 0.002  # handed over one period plus this before it is due (covers a sleep's wake-up)
+LEAD_MARGIN_S = 0.010  # handed over one period plus this before it is due: covers the sender's wake-up
+# on a busy machine (2 ms was late for a third of the notes with both cores busy); what is handed
+# over cannot be called back, so a barge-in lets at most this much more of an answer through
 
 log = logging.getLogger(__name__)
 

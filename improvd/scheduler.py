@@ -25,6 +25,7 @@ from improvd.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
+SETTLE = object()  # queued at an answer's end: release what it left sounding
 SPIN_S = 0.002  # spin this long before a due time instead of trusting sleep
 IDLE_WAIT_S = 0.5
 
@@ -91,19 +92,22 @@ class Scheduler:
             self._send_now(message)
 
     def submit(self, reply: Reply) -> None:
-        """Apply an engine reply: cancel, release, then queue its messages."""
-        if reply.cancel_after is None and not reply.release and not reply.messages:
+        """Apply an engine reply: cancel, release, then queue its messages (and the answer's
+        settling, after them)."""
+        if reply.cancel_after is None and not reply.release and not reply.messages and reply.settle_at is None:
             return
         with self._wake:
             if reply.cancel_after is not None:
                 self._queue = [e for e in self._queue if e[0] <= reply.cancel_after]
                 heapq.heapify(self._queue)
             if reply.release:  # what is still queued of the line being stopped is stale too
-                self._queue = [e for e in self._queue if e[2].passthrough]
+                self._queue = [e for e in self._queue if e[2] is not SETTLE and e[2].passthrough]
                 heapq.heapify(self._queue)
                 self._release(self.sounding)
             for timed in reply.messages:
                 heapq.heappush(self._queue, (timed.time, next(self._order), timed))
+            if reply.settle_at is not None:
+                heapq.heappush(self._queue, (reply.settle_at, next(self._order), SETTLE))
             self._wake.notify()
 
     def release_all(self) -> None:
@@ -135,6 +139,15 @@ class Scheduler:
             for pitch in sorted(pitches):
                 self._send_now(mido.Message("note_off", channel=channel, note=pitch, velocity=0))
             pitches.clear()
+
+    def _settle(self) -> None:
+        """An answer has ended: a generated note still sounding lost its release to a
+        cancellation after it went out (counted; it should not happen)."""
+        left = sum(len(pitches) for pitches in self.sounding.values())
+        if left:
+            self.telemetry.count("notes_left_at_answer_end", left)
+            log.debug("answer ended with %d of its notes sounding: released", left)
+            self._release(self.sounding)
 
     def _send_now(self, message: mido.Message, at: float | None = None) -> None:
         try:
@@ -174,6 +187,9 @@ class Scheduler:
                     if not self._queue or self._queue[0][0] != due:
                         continue
                     _, _, timed = heapq.heappop(self._queue)
+                    if timed is SETTLE:
+                        self._settle()
+                        continue
                     self._send_now(timed.message, timed.time)
                     late = max(0.0, self.clock() - hand_over)
                     self._track(timed.message, timed.passthrough)

@@ -21,6 +21,8 @@ CLOCKS_PER_BEAT = 24
 CLOCKS_PER_SONG_POSITION = 6  # Song Position Pointer counts sixteenth notes
 MIN_BPM, MAX_BPM = 20.0, 400.0  # a clock outside these is noise, a paused sender or a glitch
 CLOCK_WINDOW = CLOCKS_PER_BEAT + 1  # clocks fitted: one beat, so a tempo change is followed within a beat
+REPEAT_PERIODS = 0.35  # a clock this soon after the last one is that one again (a tempo that
+# doubles at once still counts: its clocks come half a period apart)
 CLOCK_GAP = 12  # a clock this many periods after the last one: the clock paused, the fit starts anew
 EPSILON_BEATS = 1e-6  # a time this close to a beat counts as on it
 GRID = re.compile(r"^1/(\d+)(t?)$")
@@ -191,12 +193,16 @@ class ClockFollower:
         overruns drops events): one arriving two or more periods after where the last one
         lies on the fitted line counts the ones missed. Or they can arrive late (a busy
         machine): when the next one then comes about when the last was due, the last was
-        late, not clocks lost, and it takes its own place back."""
+        late, not clocks lost, and it takes its own place back. Or one can arrive twice (an
+        overrunning JACK server hands a cycle's events over again one period later): a clock
+        far too soon after one that came on time is that repeat, and not counted."""
         if self.clocks:
             number, last = self.clocks[-1]
             steps = 1
             if self.tempo is not None:
                 period = 60.0 / self.tempo.bpm_at(now) / CLOCKS_PER_BEAT
+                if (now - last) / period < REPEAT_PERIODS and not self.skipped:
+                    return
                 steps = round((now - self.tempo.seconds_at(number / CLOCKS_PER_BEAT)) / period)
                 if steps <= 0 and self.skipped:
                     self.clocks[-1] = (number - self.skipped, last)

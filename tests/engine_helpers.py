@@ -82,11 +82,11 @@ def configure(**settings) -> Config:
 
 
 def make_engine(random_seed: int = 7, model_class=StepModel, now: float = 0.0,
-                candidate_steps: int = CANDIDATE_STEPS, **settings) -> Engine:
+                candidate_steps: int = CANDIDATE_STEPS, handed_over_s: float = 0.0, **settings) -> Engine:
     """An engine on the shipped model with the production defaults but for ``settings``."""
     model = model_class(MODEL_PATH, device="cpu")
     return Engine(model, configure(**settings), np.random.default_rng(random_seed), now, clock=time.perf_counter,
-                  candidate_steps=candidate_steps)
+                  candidate_steps=candidate_steps, handed_over_s=handed_over_s)
 
 
 def replay(tokens: list[int]) -> State:

@@ -53,7 +53,9 @@ class JackPeer:
         self.on_message = on_message
         self.keys = self.client.midi_outports.register(keys) if keys else None
         self.synth = self.client.midi_inports.register(synth) if synth else None
+        self.xruns = 0  # cycles JACK reported overrun while this peer was open (any client's)
         self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
         self.client.activate()
         self.running = True
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -70,14 +72,23 @@ class JackPeer:
             for offset, data in self.synth.incoming_midi_events():
                 self.inbox.append((start + offset, bytes(data)))
 
+    def _xrun(self, delay_usecs: float) -> None:
+        self.xruns += 1
+
     def _read(self) -> None:
         while self.running:
             if not self.inbox:
                 time.sleep(POLL_S)
                 continue
             frame, data = self.inbox.popleft()
-            age = ((self.client.frame_time - frame + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            at = time.monotonic() - age / self.client.samplerate
+            for _ in range(5):  # the frame time and the clock read together, not split by a preemption
+                before = time.monotonic()
+                current = self.client.frame_time
+                after = time.monotonic()
+                if after - before < 50e-6:
+                    break
+            age = ((current - frame + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            at = (before + after) / 2 - age / self.client.samplerate
             try:
                 message = mido.Message.from_bytes(data)
             except ValueError:

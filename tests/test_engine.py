@@ -96,6 +96,28 @@ def test_barge_in_stops_the_answer_releases_and_rolls_back_the_unheard_part():
     assert eng.counters.answers == 2 and not room.problems
 
 
+def test_what_the_port_already_holds_counts_as_heard_at_a_barge_in():
+    """A JACK port gets each message a period and a margin before it is due, and cannot
+    give it back: at a barge-in, what is due within that lead has sounded in the state."""
+    lead = 0.05
+    eng = make_engine(random_seed=11, model_class=RecordingModel, min_answer_s=4.0, max_answer_s=4.0,
+                      handed_over_s=lead)
+    room = Room()
+    events = phrase(0.0)
+    deadline = max(t for t, _ in events) + SILENCE
+    run(eng, room, 0.0, deadline + 1.0, events=events)
+    # A moment when the port already holds an answer note that is not yet due.
+    due = min(t for t, _, timed in room.queue if timed.message.type == "note_on" and t > deadline + 1.0 + lead)
+    barge = due - lead / 2
+    run(eng, room, deadline + 1.01, barge)
+    room.advance(barge + lead)  # handed over: as good as played
+    assert any(t.time == due for t in room.sent)
+    reply = eng.on_message(note("note_on", 60), barge, barge)
+    heard_on = [t.message.note for t in room.sent if t.message.type == "note_on"]
+    assert [tok for tok in stream_tokens(eng) if tok < 128][6:] == heard_on + [60]
+    assert reply.release
+
+
 def test_barge_in_right_after_the_first_note_releases_it_when_the_deadline_is_off_the_grid():
     eng = make_engine(random_seed=2, min_answer_s=2.0, max_answer_s=2.0)
     room = Room()

@@ -145,3 +145,22 @@ def test_forget_all_drops_the_queue_and_sounding_notes_without_a_release():
     scheduler.submit(Reply(cancel_after=time.monotonic(), release=True))
     scheduler.stop()
     assert [(m.type, m.note) for m in recorder.notes()] == [("note_on", 60)]
+
+
+def test_an_answer_that_ends_with_a_note_on_whose_release_was_cancelled_releases_it():
+    """A note that went out before a cancellation took its release back still ends with
+    the answer, and only improvd's own: the player's echoed notes keep sounding."""
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now + 0.01, on(60)), Timed(now + 0.01, on(64), passthrough=True),
+                            Timed(now + 0.3, off(60))]))
+    assert wait_until(lambda: len(recorder.notes()) == 2)
+    scheduler.submit(Reply(cancel_after=now + 0.05))  # takes the release back
+    scheduler.submit(Reply([Timed(now + 0.1, on(67)), Timed(now + 0.15, off(67))], settle_at=now + 0.15))
+    assert wait_until(lambda: off(60) in recorder.notes())
+    scheduler.stop()
+    notes = recorder.notes()
+    assert notes.index(off(60)) > notes.index(off(67))  # at the answer's end, after its own releases
+    assert off(64) not in notes[:notes.index(off(60)) + 1]
+    assert scheduler.telemetry.snapshot()["counters"]["notes_left_at_answer_end"] == 1

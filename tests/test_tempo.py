@@ -263,3 +263,25 @@ def test_jack_transport_position_gives_the_beats_and_bars() -> None:
                                     beat_type=8)
     assert eighths.bpm_at(0.0) == pytest.approx(60) and eighths.beat_at(0.0) == pytest.approx(1.5)
     assert eighths.next_bar(0.0) == pytest.approx(1.5)  # three eighths to the next bar: 1.5 s
+
+
+def test_a_clock_handed_over_twice_does_not_move_the_beat() -> None:
+    """An overrunning JACK server hands a cycle's events over again one period (here 2.7 ms)
+    later: each repeat is the same clock, not the next one."""
+    follower = ClockFollower()
+    follower.start()
+    period = 60 / 100 / 24
+    arrivals = sorted([i * period for i in range(24 * 6)] + [i * period + 128 / 48000 for i in (30, 61, 62, 100)])
+    for at in arrivals:
+        follower.clock(at)
+    assert follower.tempo.seconds_at(6) == pytest.approx(6 * 0.6, abs=0.002)
+
+
+def test_a_tempo_that_doubles_at_once_is_followed() -> None:
+    rng = np.random.default_rng(9)
+    follower = ClockFollower()
+    follower.start()
+    due = clocks(follower, 0.0, 100, 24 * 4, rng)
+    due = clocks(follower, due, 200, 24 * 2, rng)
+    assert follower.tempo.bpm_at(due) == pytest.approx(200, abs=1)
+    assert abs(follower.tempo.seconds_at(6) - due) <= 0.001
