@@ -147,6 +147,8 @@ class Memory:
         self._events: deque[tuple[float, tuple[int, ...], int, int]] = deque()  # (time, slots, target, token)
         self._pitch_classes = np.zeros(12)  # of the notes struck inside the horizon
         self._pitches: deque[int] = deque()  # of the notes struck inside the horizon, in order
+        self._learnt = 0  # events learnt so far: what is derived from the counts is kept per value
+        self._prior_cache: tuple[int, np.ndarray | None] | None = None
 
     @property
     def events(self) -> int:
@@ -190,6 +192,7 @@ class Memory:
             self._total[slot] += 1
             slots.append(slot)
         self._events.append((now, tuple(slots), target, token))
+        self._learnt += 1
         if ON <= token < ON + 128:
             self._pitch_classes[(token - ON) % 12] += 1
             self._pitches.append(token - ON)
@@ -248,6 +251,23 @@ class Memory:
             p = p @ block[2][:, target - block[0]]
         return float(p + uniform), order, escape, count
 
+    def _prior(self) -> np.ndarray | None:
+        """Weights over the 128 keys from the player's key and register (None: both off);
+        the same for every row and step until the player plays again, so kept till then."""
+        if self._prior_cache is not None and self._prior_cache[0] == self._learnt:
+            return self._prior_cache[1]
+        prior = None
+        if self.key_prior:
+            prior = np.tile((self._pitch_classes + self.key_prior) / (self._pitch_classes.sum() + 12 * self.key_prior),
+                            11)[:128]
+        if self.register_width and self._pitches:
+            recent = np.fromiter(islice(reversed(self._pitches), REGISTER_NOTES), float)
+            width = self.register_width * max(recent.std(), REGISTER_MIN_SEMITONES)
+            register = np.exp(-0.5 * ((np.arange(128) - recent.mean()) / width) ** 2)
+            prior = register if prior is None else prior * register
+        self._prior_cache = (self._learnt, prior)
+        return prior
+
     def predict(self, contexts: Sequence[Context]) -> Prediction:
         """The next-event distribution after each of ``contexts``: Witten-Bell, from the
         uniform distribution up through every context order seen, longest last."""
@@ -275,21 +295,14 @@ class Memory:
             probs[:, start:start + size] = probs[:, start:start + size] @ blur
         probs += (longer[:, 0] * escapes[:, 0] / SIZE)[:, None]
         order = seen.sum(1) - 1
-        top = np.maximum(order, 0)[:, None]
-        escape = np.where(order >= 0, np.take_along_axis(escapes, top, 1)[:, 0], 1.0)
-        count = np.take_along_axis(total, top, 1)[:, 0]
+        top = np.maximum(order, 0)
+        escape = np.where(order >= 0, escapes[np.arange(rows), top], 1.0)
+        count = total[np.arange(rows), top]
         refs = np.array([c.ref for c in contexts])
         absolute = probs[np.arange(rows)[:, None], RELATIVE[refs]]
         # steps taken from where a row is now land in the player's key and register
-        prior = np.ones(128)
-        if self.key_prior:
-            prior *= np.tile((self._pitch_classes + self.key_prior) / (self._pitch_classes.sum() + 12 * self.key_prior),
-                             11)[:128]
-        if self.register_width and self._pitches:
-            recent = np.fromiter(islice(reversed(self._pitches), REGISTER_NOTES), float)
-            width = self.register_width * max(recent.std(), REGISTER_MIN_SEMITONES)
-            prior *= np.exp(-0.5 * ((np.arange(128) - recent.mean()) / width) ** 2)
-        if self.key_prior or (self.register_width and self._pitches):
+        prior = self._prior()
+        if prior is not None:
             notes = absolute[:, ON:ON + 128]
             weighted = notes * prior
             absolute[:, ON:ON + 128] = weighted * (notes.sum(1) / np.maximum(weighted.sum(1), 1e-300))[:, None]
@@ -320,7 +333,9 @@ def adaptive_weight(order: np.ndarray, escape: np.ndarray, count: np.ndarray, st
     memory alone: mirror the player). An empty memory gets no share at any strength."""
     if strength <= 0:
         return np.zeros(np.shape(order))
-    base = 1 / (1 + np.exp(-weight_features(order, escape, count) @ np.asarray(coefficients)))
+    bias, per_order, per_count, per_escape = coefficients  # over weight_features, term by term (fast)
+    order, escape, count = (np.asarray(a, float) for a in (order, escape, count))
+    base = 1 / (1 + np.exp(-(bias + per_order * order + per_count * np.log2(1 + count) + per_escape * escape)))
     share = base ** (np.log(strength) / np.log(0.5)) if strength < 1 else np.ones_like(base)
     return np.where(np.asarray(order) >= 0, share, 0.0)
 
