@@ -32,6 +32,7 @@ from improvd.ports import Backend, InputPort, OutputPort, find_port
 RECORD = struct.Struct("<IB3s")  # frame time, size, up to three MIDI bytes: 8 bytes
 RING_RECORDS = 4096  # per direction: 1.5 s of a 2,700 messages/s flood at 128 frames
 LATE_FRAME = 0x80000000  # a frame offset at or past this is in the past (32-bit wrap)
+CLOCK_STATUS = 0xF8  # system realtime messages (clock, start, continue, stop) and above
 NOW = 0x80  # flag in a record's size: no due time, write it in the next cycle
 DRAIN_S = 0.5  # how long closing an output waits for what is queued to be written
 LEAD_MARGIN_S = 0.010  # handed over one period plus this before it is due: covers the sender's wake-up
@@ -177,9 +178,11 @@ class JackInput(JackPort, InputPort):
             return []
         data = bytes(self.rx.ring.read(count * RECORD.size))
         now = time.monotonic()
-        # A cycle's frames run from its start: one late in it may lie ahead of the clock.
-        return [(min(now, self.client.time_of(frame)), payload[:size])
-                for frame, size, payload in RECORD.iter_unpack(data)]
+        # A cycle's frames run from its start: one late in it may lie ahead of the clock. A
+        # note is not heard before now; MIDI clock keeps its frame's time, or the beat fitted
+        # to it would lean early by up to a period.
+        return [(self.client.time_of(frame) if payload[0] >= CLOCK_STATUS else min(now, self.client.time_of(frame)),
+                 payload[:size]) for frame, size, payload in RECORD.iter_unpack(data)]
 
     def open(self, wait: bool = False) -> None:
         if self.wake_fd < 0:
