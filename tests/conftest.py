@@ -2,7 +2,7 @@
 
 Which server the tests use:
 - ``JACK_DEFAULT_SERVER`` set (``.ci/run`` sets it after starting its own ``jackd``): that
-  server, which must answer;
+  server, which must answer (``IMPROVD_TEST_JACKD_LOG``, its log, lets tests count overruns);
 - otherwise a private server, ``jackd -n improvd-test-N --realtime -d dummy -r 48000
   -p 128`` (the first free N of 0-3), started here and stopped at the end of the session.
   Being private, it never touches a developer's running JACK session (no test note
@@ -180,7 +180,8 @@ def jack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jack]:
     if given:
         if not _answers(env):
             not_available(f"JACK_DEFAULT_SERVER={given} is set but that JACK server does not answer")
-        yield _describe(env, given)
+        log = os.environ.get("IMPROVD_TEST_JACKD_LOG")  # .ci/run names its server's log
+        yield _describe(env, given, Path(log) if log else None)
         return
     server = free_server_name(env)
     env["JACK_DEFAULT_SERVER"] = server
