@@ -33,9 +33,10 @@ from improvd import engine  # noqa: E402
 from improvd.config import Config  # noqa: E402
 from improvd.model import StepModel  # noqa: E402
 from improvd.scheduler import raise_priority  # noqa: E402
+from improvd.turns import REACTION_S  # noqa: E402
 
-# Which engine ran: with REACTION_S, output resumes that long after a player event.
-ENGINE_VERSION = f"reaction {engine.REACTION_S * 1e3:.0f} ms" if hasattr(engine, "REACTION_S") else "no reaction floor"
+# Which engine ran: output resumes REACTION_S after a player event.
+ENGINE_VERSION = f"reaction {REACTION_S * 1e3:.0f} ms"
 PHRASE = [60, 62, 64, 65, 67, 65, 64, 62]
 GAP_S, HOLD_S = 0.12, 0.10
 

@@ -13,17 +13,18 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import mido
 
-from improvd import candidates as candidates_module
 from improvd.config import Config, changed_settings, load_config
 from improvd.engine import Engine, Reply, Timed
 from improvd.errors import ImprovdError
 from improvd.model import StepModel
 from improvd.notify import Notifier
+from improvd.report import Report
 from improvd.sampler import make_rng
 from improvd.scheduler import Scheduler, all_notes_off, raise_priority
 from improvd.seed import read_seed
@@ -62,6 +63,34 @@ class Periodic:
             return False
         self.next = now + self.interval if self.interval else float("inf")
         return True
+
+
+class Heartbeat:
+    """systemd's view of the loop: watchdog pings, sent from the loop and only while the
+    scheduler thread lives (a wedged engine or a dead scheduler stops them, and systemd
+    restarts improvd), and STATUS= every few seconds (resent only when it changed)."""
+
+    def __init__(self, notifier: Notifier, watchdog: bool, now: float) -> None:
+        self.notifier = notifier
+        every = notifier.watchdog_interval if watchdog else None
+        self.ping = Periodic(every, now, first=now)
+        self.status = Periodic(min(STATUS_INTERVAL_S, every or STATUS_INTERVAL_S), now, first=now)
+        self.scheduler_died = False
+        if notifier.watchdog_interval and not watchdog:
+            log.warning("systemd expects watchdog pings (WatchdogSec=) but [service] watchdog = false: "
+                        "it will kill improvd after %.1f s", 2 * notifier.watchdog_interval)
+
+    def beat(self, now: float, scheduler_alive: Callable[[], bool], status: Callable[[], str]) -> None:
+        if not self.notifier.active:
+            return
+        if self.ping.due(now):
+            if scheduler_alive():
+                self.notifier.watchdog()
+            elif not self.scheduler_died:
+                self.scheduler_died = True
+                log.error("the scheduler thread has died; withholding watchdog pings so systemd restarts us")
+        if self.status.due(now):
+            self.notifier.status(status())
 
 
 class Inbox:
@@ -119,14 +148,12 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.report_requested = threading.Event()
         self.inbox = Inbox(self.telemetry)
-        self._last_steps = (time.monotonic(), 0)
-        self.last_choice: candidates_module.Choice | None = None
         self.model: StepModel | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
         realtime = config.service.realtime_priority if config.service.realtime else 0
         self.session = MidiSession(config.ports, self.inbox.put, max(1, realtime - 1) if realtime else 0)
-        self.tempo_source: str | None = None  # where the tempo comes from, as last logged
+        self.report = Report(self.telemetry, self.session)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -199,16 +226,10 @@ class Daemon:
 
     def _loop(self) -> None:
         now = time.monotonic()
-        watchdog_every = self.notifier.watchdog_interval if self.config.service.watchdog else None
+        heartbeat = Heartbeat(self.notifier, self.config.service.watchdog, now)
         report = Periodic(self.config.telemetry.interval_s, now)
         port_check = Periodic(self.config.ports.reconnect_s, now)
         transport = Periodic(TRANSPORT_INTERVAL_S, now)
-        watchdog = Periodic(watchdog_every, now, first=now)
-        status = Periodic(min(STATUS_INTERVAL_S, watchdog_every or STATUS_INTERVAL_S), now, first=now)
-        scheduler_died = False
-        if self.notifier.watchdog_interval and not self.config.service.watchdog:
-            log.warning("systemd expects watchdog pings (WatchdogSec=) but [service] watchdog = false: "
-                        "it will kill improvd after %.1f s", 2 * self.notifier.watchdog_interval)
         while not self.stop_requested.is_set():
             now = time.monotonic()
             wake = self.engine.next_wakeup(now)
@@ -217,20 +238,11 @@ class Daemon:
                 self.scheduler.submit(self.engine.on_message(message, arrival, time.monotonic()))
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             # Silence is judged at the oldest input still queued, not at the clock.
-            self.scheduler.submit(self._on_grid(self.engine.poll(min(time.monotonic(), self.inbox.oldest()))))
-            self._record_choice(self.engine.take_choice())
+            self.scheduler.submit(self.report.onsets(self.engine, self.engine.poll(min(time.monotonic(),
+                                                                                       self.inbox.oldest()))))
+            self.report.choice(self.engine.take_choice())
             now = time.monotonic()
-            if self.notifier.active:
-                # Pinged from this loop, and only while the scheduler thread lives: a wedged
-                # engine or a dead scheduler stops the pings and systemd restarts us.
-                if watchdog.due(now):
-                    if self.scheduler.alive():
-                        self.notifier.watchdog()
-                    elif not scheduler_died:
-                        scheduler_died = True
-                        log.error("the scheduler thread has died; withholding watchdog pings so systemd restarts us")
-                if status.due(now):
-                    self.notifier.status(self.status())
+            heartbeat.beat(now, self.scheduler.alive, self.status)
             if transport.due(now):
                 self._follow_transport()
             if port_check.due(now) or self.session.changed():
@@ -254,33 +266,6 @@ class Daemon:
                            TRANSPORT_SOURCE)
         elif beat.fixed is not None and beat.fixed[1] == TRANSPORT_SOURCE:
             beat.set_tempo(None)
-
-    def _on_grid(self, reply: Reply) -> Reply:
-        """Telemetry: how far each generated onset is scheduled from the grid, while a tempo
-        is known; a log line when the tempo's source changes."""
-        now = time.monotonic()
-        tempo = self.engine.beat.tempo(now)
-        if (tempo and tempo[1]) != self.tempo_source:
-            self.tempo_source = tempo and tempo[1]
-            log.info("tempo: %s", f"{tempo[0].bpm_at(now):.1f} bpm ({tempo[1]})" if tempo else "none: free time")
-        for timed in reply.messages:
-            if timed.message.type == "note_on" and timed.message.velocity and not timed.passthrough:
-                distance = self.engine.beat.distance(timed.time, now)
-                if distance is not None:
-                    self.telemetry.record("onset_to_grid", distance)
-        return reply
-
-    def _record_choice(self, choice: candidates_module.Choice | None) -> None:
-        """Candidate figures for the telemetry line (the engine logs each choice at debug)."""
-        if choice is None:
-            return
-        self.telemetry.record("candidate_generation", choice.compute_s)
-        if choice.slack_s is not None:
-            self.telemetry.record("candidate_slack", choice.slack_s)
-        self.telemetry.count("candidates_scored", choice.scored)
-        self.telemetry.count("answers_chosen")
-        self.telemetry.count("answers_chosen_partial", int(not choice.complete))
-        self.last_choice = choice
 
     def _on_port_event(self, event: Event) -> None:
         """A lost player's keys are released. When the output's peer goes, the answer is
@@ -345,37 +330,7 @@ class Daemon:
     # ---- status ----------------------------------------------------------------------------
 
     def status(self) -> str:
-        engine, session = self.engine, self.session
-        waiting = [session.waiting()] if session.waiting() else []
-        parts = waiting + [f"mode {engine.live.mode if engine else self.config.engine.mode}",
-                           session.ports_text(), f"model on {self.model.provider}"]
-        if engine is not None:
-            parts.append(f"memory {engine.live.memory_strength:.2f} ({engine.memory.events} events)")
-        tempo = engine.beat.tempo(time.monotonic()) if engine is not None else None
-        if tempo is not None:
-            parts.append(f"tempo {tempo[0].bpm_at(time.monotonic()):.1f} bpm ({tempo[1]})")
-        if engine is not None and not engine.controls.playing:
-            parts.append("stopped by MIDI clock")
-        latency = self.telemetry.snapshot()["latency"]["phrase_end_to_first_note"]
-        if latency["n"]:
-            parts.append(f"answer p99 {latency['p99_ms']:.1f} ms")
-        return ", ".join(parts)
+        return self.report.status(self.config, self.engine, self.model)
 
     def telemetry_line(self) -> str:
-        extra: dict[str, object] = {}
-        if self.engine is not None:
-            c = self.engine.counters
-            extra.update(notes_in=c.notes_in, notes_out=c.notes_out, answers=c.answers,
-                         barge_ins=c.barge_ins, ignored=c.messages_ignored,
-                         memory_strength=round(self.engine.live.memory_strength, 3),
-                         memory_events=self.engine.memory.events)
-        if self.model is not None:
-            now, steps = time.monotonic(), self.model.steps
-            last_time, last_steps = self._last_steps
-            extra["model_steps"] = steps
-            extra["model_steps_per_s"] = (steps - last_steps) / max(1e-9, now - last_time)
-            self._last_steps = (now, steps)
-        if self.last_choice is not None:
-            extra.update(last_winner=self.last_choice.winner, last_margin=self.last_choice.margin)
-        extra.update(self.session.counters())
-        return self.telemetry.line(extra)
+        return self.report.line(self.engine, self.model)
