@@ -65,6 +65,28 @@ class Periodic:
         return True
 
 
+class Requests:
+    """What signals ask of the running daemon. The handlers only set flags (no locks, no I/O
+    in a signal handler); the loop, which wakes at least every LOOP_MAX_WAIT_S, acts on them.
+    SIGTERM/SIGINT: stop and exit 0; SIGHUP: reload; SIGUSR1: log the telemetry."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.stop_signal: int | None = None  # the first that asked
+        self.reload = threading.Event()
+        self.report = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self.report.set())
+
+    def _on_stop(self, signum: int, _frame) -> None:
+        self.stop_signal = self.stop_signal or signum
+        self.stop.set()
+
+
 class Heartbeat:
     """systemd's view of the loop: watchdog pings, sent from the loop and only while the
     scheduler thread lives (a wedged engine or a dead scheduler stops them, and systemd
@@ -143,10 +165,7 @@ class Daemon:
         self.config_path, self.overrides = config_path, overrides or {}
         self.telemetry = Telemetry()
         self.notifier = Notifier()
-        self.stop_requested = threading.Event()
-        self.stop_signal: int | None = None
-        self.reload_requested = threading.Event()
-        self.report_requested = threading.Event()
+        self.requests = Requests()
         self.inbox = Inbox(self.telemetry)
         self.model: StepModel | None = None
         self.engine: Engine | None = None
@@ -158,17 +177,7 @@ class Daemon:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """The handlers only set flags (no locks, no I/O in a signal handler); the loop, which
-        wakes at least every LOOP_MAX_WAIT_S, acts on them. SIGTERM/SIGINT: stop and exit 0;
-        SIGHUP: reload; SIGUSR1: log the telemetry."""
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        signal.signal(signal.SIGUSR1, lambda *_: self.report_requested.set())
-
-    def _on_stop_signal(self, signum: int, _frame) -> None:
-        self.stop_signal = self.stop_signal or signum
-        self.stop_requested.set()
+        self.requests.install()
 
     def run(self) -> int:
         """Start up in order: (config, given) -> model -> ports -> engine -> scheduler, then
@@ -196,8 +205,8 @@ class Daemon:
             self.notifier.ready(self.status())
             log.info("ready: %s", self.status())
             self._loop()
-            if self.stop_signal is not None:
-                log.info("stopping on %s", signal.Signals(self.stop_signal).name)
+            if self.requests.stop_signal is not None:
+                log.info("stopping on %s", signal.Signals(self.requests.stop_signal).name)
         except BaseException as err:
             failure = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
             raise
@@ -230,7 +239,7 @@ class Daemon:
         report = Periodic(self.config.telemetry.interval_s, now)
         port_check = Periodic(self.config.ports.reconnect_s, now)
         transport = Periodic(TRANSPORT_INTERVAL_S, now)
-        while not self.stop_requested.is_set():
+        while not self.requests.stop.is_set():
             now = time.monotonic()
             wake = self.engine.next_wakeup(now)
             timeout = LOOP_MAX_WAIT_S if wake is None else min(LOOP_MAX_WAIT_S, max(0.0, wake - now))
@@ -248,11 +257,11 @@ class Daemon:
             if port_check.due(now) or self.session.changed():
                 for event in self.session.check():
                     self._on_port_event(event)
-            if report.due(now) or self.report_requested.is_set():
-                self.report_requested.clear()
+            if report.due(now) or self.requests.report.is_set():
+                self.requests.report.clear()
                 log.info("telemetry: %s", self.telemetry_line())
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
+            if self.requests.reload.is_set():
+                self.requests.reload.clear()
                 self.reload()
 
     def _follow_transport(self) -> None:
