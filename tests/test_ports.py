@@ -298,6 +298,18 @@ def closing(*things: Receiver | Player) -> Iterator[None]:
             thing.close()
 
 
+@contextmanager
+def wired(jack: Jack, tmp_path: Path, *args: str,
+          **sections: dict[str, object]) -> Iterator[tuple[Daemon, Player, Receiver]]:
+    """A ready daemon with a player on its (virtual) input and a receiving synth on its output."""
+    player, synth = Player(jack), Receiver(jack)
+    with closing(player, synth), daemon(jack, tmp_path, *args, **sections) as improvd:
+        port_in, port_out = improvd.ports()
+        jack.connect(player.name, port_in)
+        jack.connect(port_out, synth.name)
+        yield improvd, player, synth
+
+
 def assert_well_formed(events: list[tuple[float, mido.Message]], what: str = "answer",
                        receiver: Receiver | None = None) -> list[tuple[float, int]]:
     """Every NOTE_ON has its NOTE_OFF, none is doubled, no NOTE_OFF for a silent key, every
@@ -472,11 +484,7 @@ def _sounding_of(events: list[tuple[str, int]]) -> set[int]:
 
 
 def test_phrase_gets_a_well_formed_answer_after_the_silence(jack: Jack, tmp_path: Path) -> None:
-    player, synth = Player(jack), Receiver(jack)
-    with closing(player, synth), daemon(jack, tmp_path) as improvd:
-        port_in, port_out = improvd.ports()
-        jack.connect(player.name, port_in)
-        jack.connect(port_out, synth.name)
+    with wired(jack, tmp_path) as (improvd, player, synth):
         phrase_end = player.play()
         synth.wait_for(synth.note_ons, 5, "the answer's first note")
         first = synth.note_ons()[0][0]
@@ -497,11 +505,7 @@ def test_phrase_gets_a_well_formed_answer_after_the_silence(jack: Jack, tmp_path
 
 
 def test_playing_during_the_answer_stops_it_and_releases_its_notes(jack: Jack, tmp_path: Path) -> None:
-    player, synth = Player(jack), Receiver(jack)
-    with closing(player, synth), daemon(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as improvd:
-        port_in, port_out = improvd.ports()
-        jack.connect(player.name, port_in)
-        jack.connect(port_out, synth.name)
+    with wired(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as (improvd, player, synth):
         player.play()
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         first = synth.note_ons()[0][0]
@@ -523,11 +527,7 @@ def test_playing_during_the_answer_stops_it_and_releases_its_notes(jack: Jack, t
 
 
 def test_sigterm_during_an_answer_leaves_no_note_sounding(jack: Jack, tmp_path: Path) -> None:
-    player, synth = Player(jack), Receiver(jack)
-    with closing(player, synth), daemon(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as improvd:
-        port_in, port_out = improvd.ports()
-        jack.connect(player.name, port_in)
-        jack.connect(port_out, synth.name)
+    with wired(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as (improvd, player, synth):
         player.play()
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         stopped_at = time.monotonic()
