@@ -19,13 +19,13 @@ from improvd import cli, vocab
 from improvd.config import ServiceConfig, load_config
 from tests.conftest import in_ci
 from tests.engine_helpers import PROJECT_ROOT
+from tests.improvd_process import improvd_command
 from tests.service_helpers import (
     STOP_DEADLINE_S,
     TIMESTAMP,
     Improvd,
     Listener,
     Player,
-    improvd_command,
     log_lines,
     offline_venv,
     write_config,
