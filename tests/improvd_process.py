@@ -52,6 +52,7 @@ class Improvd:
         self.config = config
         self.log_path = config.with_name(f"{config.stem}-{uuid.uuid4().hex[:4]}.log")
         self.started = time.monotonic()
+        self._lines: list[str] = []
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([*improvd_command(), "--config", str(config), *args],
                                             env={**base, **(env or {})}, cwd=cwd, stdin=subprocess.DEVNULL,
@@ -62,9 +63,11 @@ class Improvd:
 
     @property
     def lines(self) -> list[str]:
-        """The log's complete lines (a line still being written is left for later)."""
+        """The log's complete lines (a line still being written is left for later): one list,
+        brought up to date in place at each read, so that ``lines[wait_line(...)]`` finds the line."""
         text = self.log()
-        return text.splitlines() if self.process.poll() is not None else text.split("\n")[:-1]
+        self._lines[:] = text.splitlines() if self.process.poll() is not None else text.split("\n")[:-1]
+        return self._lines
 
     def wait_log(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match[str]:
         """The first match of ``pattern`` in the log (from character ``after``)."""
