@@ -31,8 +31,6 @@ class Series:
         self.count += 1
 
     def summary(self) -> dict[str, float]:
-        if not self.samples:
-            return {"n": 0}
         return {**percentiles(self.samples), "n": self.count}
 
 
