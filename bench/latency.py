@@ -319,7 +319,7 @@ class Daemon(Improvd):
 
     def finish(self) -> dict[str, object]:
         """Stop it; the telemetry it logged on the way out."""
-        self.close()
+        self.close(timeout=15)
         return self.telemetry()
 
 

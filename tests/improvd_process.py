@@ -126,10 +126,10 @@ class Improvd:
             self.process.kill()
             self.process.wait()
 
-    def close(self) -> None:
-        """SIGTERM, then SIGKILL if it has not gone within 5 s."""
+    def close(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL if it has not gone within ``timeout``."""
         try:
-            self.stop(timeout=5)
+            self.stop(timeout=timeout)
         except AssertionError:
             pass
 
