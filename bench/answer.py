@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +27,8 @@ from improvd.daemon import build_engine
 from improvd.errors import ModelError
 from improvd.model import StepModel
 from improvd.seed import read_seed
+from improvd.telemetry import percentiles
+from improvd_train.evaluate import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = "bench/results/answer.json"
@@ -56,21 +56,16 @@ def time_answers(model: StepModel, config: Config, seed: list, length: float, k:
         steps.append(choice.steps)
         margins.append(choice.margin)
     window = (config.engine.silence_ms - config.engine.lookahead_ms) / 1000
-    p50, p99 = np.percentile(times, [50, 99])
-    return {"length_s": length, "k": k, "reps": reps, "events_p50": float(np.median(steps)),
-            "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": max(times) * 1e3,
-            "window_ms": window * 1e3, "p99_margin_ms": (window - p99) * 1e3,
+    figures = percentiles(times)
+    return {"length_s": length, "k": k, "reps": reps, "events_p50": float(np.median(steps)), **figures,
+            "window_ms": window * 1e3, "p99_margin_ms": window * 1e3 - figures["p99_ms"],
             "score_margin_p50": float(np.median(margins))}
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+def load() -> dict:
+    """The load this ran under: figures from a loaded machine are not the ones to quote."""
     load = os.getloadavg()[0]
-    cores = os.cpu_count() or 1
-    return {"cpu": cpu, "cores": cores, "load_1min": load, "loaded": load > 0.5 * cores,
-            "python": sys.version.split()[0], "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {"load_1min": load, "loaded": load > 0.5 * (os.cpu_count() or 1)}
 
 
 def main() -> None:
@@ -82,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     config = replace(Config(), model=replace(Config().model, path=args.model))
     seed = read_seed(args.motif)
-    info = machine()
+    info = {**machine(), **load()}
     print(f"# {info['cpu']}, {info['cores']} cores, load {info['load_1min']:.2f} "
           f"({'LOADED' if info['loaded'] else 'idle'}), {info['date']}")
     rows = []

@@ -14,9 +14,7 @@ A benchmark, not a test: it prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import platform
 import sys
 import time
@@ -33,18 +31,14 @@ from improvd import engine  # noqa: E402
 from improvd.config import Config  # noqa: E402
 from improvd.model import StepModel  # noqa: E402
 from improvd.scheduler import raise_priority  # noqa: E402
+from improvd.telemetry import percentiles  # noqa: E402
+from improvd.turns import REACTION_S  # noqa: E402
+from improvd_train.evaluate import machine  # noqa: E402
 
-# Which engine ran: with REACTION_S, output resumes that long after a player event.
-ENGINE_VERSION = f"reaction {engine.REACTION_S * 1e3:.0f} ms" if hasattr(engine, "REACTION_S") else "no reaction floor"
+# Which engine ran: output resumes REACTION_S after a player event.
+ENGINE_VERSION = f"reaction {REACTION_S * 1e3:.0f} ms"
 PHRASE = [60, 62, 64, 65, 67, 65, 64, 62]
 GAP_S, HOLD_S = 0.12, 0.10
-
-
-def pct(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    p50, p99 = np.percentile(values, [50, 99])
-    return {"n": len(values), "p50_ms": 1e3 * p50, "p99_ms": 1e3 * p99, "max_ms": 1e3 * max(values)}
 
 
 def run(seconds: float) -> dict[str, object]:
@@ -74,10 +68,10 @@ def run(seconds: float) -> dict[str, object]:
         per_event_messages.append(len(fresh))
         late_at_submit += [max(0.0, done - m.time) for m in fresh]
         submitted_before += sum(1 for m in fresh if m.time < done)
-    return {"player_events": len(events), "work_per_event_s": pct(work),
+    return {"player_events": len(events), "work_per_event_s": percentiles(work),
             "messages_per_event_mean": float(np.mean(per_event_messages)),
             "messages": len(late_at_submit), "due_before_queued": submitted_before,
-            "late_at_submit_s": pct([x for x in late_at_submit if x > 0]), "model_steps": model.steps}
+            "late_at_submit_s": percentiles([x for x in late_at_submit if x > 0]), "model_steps": model.steps}
 
 
 def main() -> int:
@@ -88,8 +82,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "duet_regen.json")
     args = parser.parse_args()
     raise_priority(args.realtime, "benchmark")
-    result = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-              "cores": os.cpu_count(), "kernel": platform.release(),
+    result = {**machine(), "kernel": platform.release(),
               "loadavg_start": Path("/proc/loadavg").read_text().split()[:3], "realtime_priority": args.realtime,
               "engine_version": ENGINE_VERSION, **run(args.seconds)}
     w, late = result["work_per_event_s"], result["late_at_submit_s"]

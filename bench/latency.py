@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
-import datetime
 import json
 import os
 import platform
@@ -59,9 +57,11 @@ import rtmidi
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.conftest import start_server, stop_server  # noqa: E402 - the tests' JACK server harness
+from improvd.telemetry import percentiles  # noqa: E402
+from improvd_train.evaluate import machine  # noqa: E402
+from tests.conftest import Jack, _stop_with_parent, start_server, stop_server  # noqa: E402 - the tests' JACK server harness
+from tests.improvd_process import Improvd, jack_names, write_config  # noqa: E402 - and their improvd process
 
-IMPROVD = Path(sys.executable).with_name("improvd")
 OUT = ROOT / "bench" / "results" / "latency.json"
 SERVER = "improvd-bench"  # fixed: JACK's registry has 8 slots, reclaimed by name
 RATE = 48000
@@ -69,34 +69,16 @@ TICK_S = 0.010  # improvd's time grid: every generated event is due on it
 SILENCE_MS = 150
 HOG = [sys.executable, "-c", "while True: pass"]  # one busy core
 PHRASE = (60, 62, 64, 65, 67, 65, 64, 62)  # the duet player's loop: 120 ms apart, held 100 ms
-SCHEDULER_REALTIME = [False]  # --scheduler-realtime: improvd's service.realtime (SCHED_FIFO sender)
-CANDIDATES: list[int | None] = [None]  # --candidates: improvd's sampler.candidates
 J = rtmidi.API_UNIX_JACK
 
 
 # ---- small helpers --------------------------------------------------------------------------
 
 
-def pct(values: list[float]) -> dict[str, float | int]:
-    """n, p50, p99, max (in the values' unit)."""
-    if not values:
-        return {"n": 0}
-    a = np.asarray(values, float)
-    p50, p99 = np.percentile(a, [50, 99])
-    return {"n": int(a.size), "p50": float(p50), "p99": float(p99), "max": float(a.max()), "min": float(a.min())}
-
-
-def fmt(s: dict, unit: float = 1e3, keys: tuple[str, ...] = ("p50", "p99", "max")) -> str:
+def fmt(s: dict, keys: tuple[str, ...] = ("p50_ms", "p99_ms", "max_ms")) -> str:
     if not s or not s.get("n"):
         return "-"
-    return " / ".join(f"{s[k] * unit:.2f}" for k in keys)
-
-
-def _stop_with_parent() -> None:
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphan if we die
-    except (OSError, AttributeError):
-        pass
+    return " / ".join(f"{s[k]:.2f}" for k in keys)
 
 
 def spawn(args: list[str], log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -116,38 +98,12 @@ def stop(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: f
         process.wait()
 
 
-def jack_tool(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    for attempt in range(5):  # jackd2 refuses a client now and then while reaping one that quit
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-        if result.returncode == 0 or "cannot" not in (result.stdout + result.stderr).lower():
-            return result
-        time.sleep(0.05 * (attempt + 1))
-    return result
-
-
-def wait_port(name: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while name not in jack_tool("jack_lsp").stdout.splitlines():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"JACK port {name!r} never appeared")
-        time.sleep(0.02)
-
-
-def connect(source: str, destination: str) -> None:
-    result = jack_tool("jack_connect", source, destination)
-    if result.returncode != 0:
-        raise RuntimeError(f"jack_connect {source} {destination}: {result.stdout}{result.stderr}")
-
-
-def machine() -> dict[str, object]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
+def bench_machine() -> dict[str, object]:
+    """The evaluation's machine description, and what a latency figure also depends on."""
     version = subprocess.run(["jackd", "--version"], capture_output=True, text=True).stdout.split()
     busiest = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": model, "cores": os.cpu_count(), "kernel": platform.release(),
-        "jackd": version[2] if len(version) > 2 else "unknown", "python": platform.python_version(),
+        **machine(), "kernel": platform.release(), "jackd": version[2] if len(version) > 2 else "unknown",
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
         "busiest_processes_at_start": [line.strip() for line in busiest.splitlines()[1:4]],
     }
@@ -156,8 +112,9 @@ def machine() -> dict[str, object]:
 # ---- the JACK server ------------------------------------------------------------------------
 
 
-class Jack:
-    """The private server, started and stopped by the tests' harness (tests/conftest.py)."""
+class Server:
+    """The private server, started and stopped by the tests' harness (tests/conftest.py);
+    ``jack``: the tests' JACK tools, pointed at it."""
 
     def __init__(self, period: int, realtime: bool, workdir: Path) -> None:
         self.period = period
@@ -165,19 +122,22 @@ class Jack:
         flags = ["--realtime"] if realtime else ["--no-realtime"]
         self.process = start_server(SERVER, dict(os.environ), self.log,
                                     [*flags, "-d", "dummy", "-r", str(RATE), "-p", str(period)])
+        self.jack = Jack(SERVER, period, RATE, dict(os.environ), self.log)
         text = self.log.read_text(errors="replace")
         self.realtime = realtime and "Cannot use real-time scheduling" not in text
 
-    @property
-    def period_s(self) -> float:
-        return self.period / RATE
-
     def xruns(self) -> int:
-        return self.log.read_text(errors="replace").count("XRun")
+        return self.jack.xruns()
 
     def xruns_of(self, client: str) -> int:
         """Overruns jackd blamed on ``client`` ("client = NAME was not finished")."""
         return self.log.read_text(errors="replace").count(f"client = {client} was not finished")
+
+    def wait_port(self, name: str) -> str:
+        return self.jack.wait_port_of(*name.split(":", 1), timeout=15)
+
+    def connect(self, source: str, destination: str) -> None:
+        self.jack.connect(source, destination)
 
     def close(self) -> None:
         stop_server(self.process)
@@ -277,15 +237,15 @@ def echo_main(client: str) -> None:
 # ---- the parts ------------------------------------------------------------------------------
 
 
-def start_echo(jack: Jack, workdir: Path, sender: Sender, receiver: Receiver) -> tuple[subprocess.Popen, int]:
+def start_echo(jack: Server, workdir: Path, sender: Sender, receiver: Receiver) -> tuple[subprocess.Popen, int]:
     """The echo client, connected and answering; started again (up to twice) if it does not
     answer within 2 s."""
     for attempt in range(3):
         echo = spawn([sys.executable, __file__, "--echo", "echo"], workdir / f"echo-{jack.period}-{attempt}.log")
-        wait_port("echo:in")
-        wait_port("echo:out")
-        connect(sender.name, "echo:in")
-        connect("echo:out", receiver.name)
+        jack.wait_port("echo:in")
+        jack.wait_port("echo:out")
+        jack.connect(sender.name, "echo:in")
+        jack.connect("echo:out", receiver.name)
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             receiver.clear()
@@ -297,7 +257,7 @@ def start_echo(jack: Jack, workdir: Path, sender: Sender, receiver: Receiver) ->
     raise RuntimeError("the echo client never answered")
 
 
-def transport_floor(args: argparse.Namespace, jack: Jack, workdir: Path) -> dict[str, object]:
+def transport_floor(args: argparse.Namespace, jack: Server, workdir: Path) -> dict[str, object]:
     sender, receiver = Sender("floor sender"), Receiver("floor receiver")
     echo = None
     try:
@@ -313,20 +273,20 @@ def transport_floor(args: argparse.Namespace, jack: Jack, workdir: Path) -> dict
             else:
                 lost += 1
             time.sleep(random.uniform(0.004, 0.012))  # phases spread over the JACK cycle
-        result: dict[str, object] = {"round_trip_s": pct(rtts), "lost": lost, "xruns": jack.xruns() - xruns,
+        result: dict[str, object] = {"round_trip_s": percentiles(rtts), "lost": lost, "xruns": jack.xruns() - xruns,
                                      "echo_restarts": restarts}
         sender.close()
         receiver.close()
         sender = receiver = None
         # JACK's own tool, frame-accurate, through the same echo client.
-        test = jack_tool("jack_midi_latency_test", "-s", str(args.jack_test_samples), "echo:in", "echo:out",
-                         timeout=60)
+        test = jack.jack.tool("jack_midi_latency_test", "-s", str(args.jack_test_samples), "echo:in", "echo:out",
+                              check=False, timeout=60)
         found = {key: float(m.group(1)) for key, pattern in (
             ("average_ms", r"Average latency: ([\d.]+) ms"), ("lowest_ms", r"Lowest latency: ([\d.]+) ms"),
             ("highest_ms", r"Highest latency: ([\d.]+) ms"), ("peak_jitter_ms", r"Peak MIDI jitter: ([\d.]+) ms"),
             ("sent", r"Messages sent: (\d+)"), ("received", r"Messages received: (\d+)"))
-            if (m := re.search(pattern, test.stdout))}
-        result["jack_midi_latency_test"] = found or {"error": (test.stdout + test.stderr).strip()[-300:]}
+            if (m := re.search(pattern, test))}
+        result["jack_midi_latency_test"] = found or {"error": test.strip()[-300:]}
         return result
     finally:
         for end in (sender, receiver):
@@ -335,63 +295,31 @@ def transport_floor(args: argparse.Namespace, jack: Jack, workdir: Path) -> dict
         stop(echo)
 
 
-class Daemon:
-    """improvd --api jack with a bench config; its log parsed for telemetry."""
+class Daemon(Improvd):
+    """improvd --api jack with a bench config (``args``: its silence, realtime sender and
+    candidates), its own client and ports; ready and its ports there once made."""
 
-    def __init__(self, workdir: Path, name: str, **sections: dict[str, object]) -> None:
-        sections = {k: dict(v) for k, v in sections.items()}
+    def __init__(self, args: argparse.Namespace, jack: Server, workdir: Path, name: str,
+                 **sections: dict[str, object]) -> None:
         settings: dict[str, dict[str, object]] = {
             "model": {"device": "cpu"},
-            "ports": {"api": "jack", "client_name": name, "virtual_input": f"{name} in",
-                      "virtual_output": f"{name} out"},
-            "engine": {"silence_ms": SILENCE_MS, "seed": 1234},
+            "ports": {"api": "jack", **jack_names(name)},
+            "engine": {"silence_ms": args.silence_ms, "seed": 1234},
             "telemetry": {"interval_s": 0.0},
-            "service": {"watchdog": False, "realtime": SCHEDULER_REALTIME[0]},
+            "service": {"watchdog": False, "realtime": args.scheduler_realtime},
         }
-        if CANDIDATES[0] is not None:
-            settings["sampler"] = {"candidates": CANDIDATES[0]}
-        for section, values in sections.items():
-            settings.setdefault(section, {}).update(values)
-        config = workdir / f"{name}.toml"
-        config.write_text("".join(f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items())
-                                  for s, kv in settings.items()))
-        self.log = workdir / f"{name}.log"
-        self.process = spawn([str(IMPROVD), "--config", str(config)], self.log)
+        if args.candidates is not None:
+            settings["sampler"] = {"candidates": args.candidates}
+        super().__init__(write_config(workdir / f"{name}.toml", settings, **sections))
         self.name = name
         self.input, self.output = f"{name}:{name} in", f"{name}:{name} out"
-        deadline = time.monotonic() + 30
-        while "daemon: ready:" not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"improvd did not start: {self.log.read_text(errors='replace')[-800:]}")
-            time.sleep(0.05)
-        wait_port(self.input)
-        wait_port(self.output)
+        self.wait_log("daemon: ready:", timeout=30)
+        jack.wait_port(self.input)
+        jack.wait_port(self.output)
 
-    def telemetry(self, line: str = "stopped: ") -> dict[str, object]:
-        """The series and counters of the last telemetry line of that kind."""
-        lines = [ln for ln in self.log.read_text(errors="replace").splitlines() if line in ln]
-        if not lines:
-            return {}
-        text = lines[-1]
-        found: dict[str, object] = {}
-        for name, p50, p99, mx, n in re.findall(r"(\w+) p50=(-?[\d.]+) p99=(-?[\d.]+) max=(-?[\d.]+) ms \(n=(\d+)\)",
-                                                text):
-            found[name] = {"n": int(n), "p50": float(p50) / 1e3, "p99": float(p99) / 1e3, "max": float(mx) / 1e3}
-        for key, value in re.findall(r"(\w+)=(\d+)(?:;|$)", text):
-            found[key] = int(value)
-        return found
-
-    def report(self) -> dict[str, object]:
-        """SIGUSR1: the daemon logs its telemetry now."""
-        before = self.log.read_text(errors="replace").count("telemetry: ")
-        self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while self.log.read_text(errors="replace").count("telemetry: ") == before and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.telemetry("telemetry: ")
-
-    def stop(self) -> dict[str, object]:
-        stop(self.process)
+    def finish(self) -> dict[str, object]:
+        """Stop it; the telemetry it logged on the way out."""
+        self.close(timeout=15)
         return self.telemetry()
 
 
@@ -399,16 +327,16 @@ def note_ons(events: list[tuple[float, list[int]]], after: float) -> list[float]
     return [t for t, e in events if t > after and len(e) == 3 and e[0] & 0xF0 == 0x90 and e[2] > 0]
 
 
-def phrase_latency(args: argparse.Namespace, jack: Jack, workdir: Path, floor_p50: float, tag: str = "",
+def phrase_latency(args: argparse.Namespace, jack: Server, workdir: Path, floor_p50: float, tag: str = "",
                    **sections: dict[str, object]) -> dict[str, object]:
     """Phrase end -> first answer note. Each trial is a one-note phrase; as soon as the answer's
     first note arrives, the next trial's note cuts it off (a barge-in) and begins the next."""
-    daemon = Daemon(workdir, f"bench-phrase-{jack.period}{tag}", **sections)
+    daemon = Daemon(args, jack, workdir, f"bench-phrase-{jack.period}{tag}", **sections)
     sender, receiver = Sender("player"), Receiver("listener")
     try:
-        connect(sender.name, daemon.input)
-        connect(daemon.output, receiver.name)
-        silence = SILENCE_MS / 1000
+        jack.connect(sender.name, daemon.input)
+        jack.connect(daemon.output, receiver.name)
+        silence = args.silence_ms / 1000
         raw, misses = [], 0
         xruns = jack.xruns()
         for i in range(args.phrases):
@@ -421,14 +349,14 @@ def phrase_latency(args: argparse.Namespace, jack: Jack, workdir: Path, floor_p5
             else:
                 misses += 1
         time.sleep(0.3)
-        telemetry = daemon.stop()
+        telemetry = daemon.finish()
         added = [r - floor_p50 for r in raw]
-        return {"received_minus_silence_s": pct(raw), "daemon_added_s": pct(added), "misses": misses,
+        return {"received_minus_silence_s": percentiles(raw), "daemon_added_s": percentiles(added), "misses": misses,
                 "telemetry": telemetry, "xruns": jack.xruns() - xruns}
     finally:
         sender.close()
         receiver.close()
-        stop(daemon.process)
+        daemon.kill()
 
 
 def grid_lateness(times: list[float]) -> list[float]:
@@ -444,16 +372,16 @@ def grid_lateness(times: list[float]) -> list[float]:
     return [((t % TICK_S) - start) % TICK_S for t in times]
 
 
-def output_timing(args: argparse.Namespace, jack: Jack, workdir: Path, busy: bool, tag: str = "",
+def output_timing(args: argparse.Namespace, jack: Server, workdir: Path, busy: bool, tag: str = "",
                   **sections: dict[str, object]) -> dict[str, object]:
     """Long answers, heard to their end; every note's lateness against its grid."""
     name = f"bench-timing-{jack.period}-{'busy' if busy else 'idle'}{tag}"
     hog = spawn(HOG) if busy else None
-    daemon = Daemon(workdir, name, engine={"min_answer_s": 4.0, "max_answer_s": 4.0}, **sections)
+    daemon = Daemon(args, jack, workdir, name, engine={"min_answer_s": 4.0, "max_answer_s": 4.0}, **sections)
     sender, receiver = Sender("player"), Receiver("listener")
     try:
-        connect(sender.name, daemon.input)
-        connect(daemon.output, receiver.name)
+        jack.connect(sender.name, daemon.input)
+        jack.connect(daemon.output, receiver.name)
         lateness: list[float] = []
         answers = 0
         xruns, ours = jack.xruns(), jack.xruns_of(daemon.name)
@@ -473,28 +401,28 @@ def output_timing(args: argparse.Namespace, jack: Jack, workdir: Path, busy: boo
             # One answer's notes share one offset from the grid (it starts on the deadline).
             lateness += grid_lateness([t for t, e in receiver.events if t >= first and e[0] & 0xE0 == 0x80])
             answers += 1
-        telemetry = daemon.stop()
-        return {"busy_loop": busy, "answers": answers, "lateness_s": pct(lateness),
+        telemetry = daemon.finish()
+        return {"busy_loop": busy, "answers": answers, "lateness_s": percentiles(lateness),
                 "telemetry_output_lateness": telemetry.get("output_lateness", {}), "xruns": jack.xruns() - xruns,
                 "xruns_improvd": jack.xruns_of(daemon.name) - ours}
     finally:
         sender.close()
         receiver.close()
-        stop(daemon.process)
+        daemon.kill()
         stop(hog, signal.SIGKILL)
 
 
-def duet(args: argparse.Namespace, jack: Jack, workdir: Path, tag: str = "",
+def duet(args: argparse.Namespace, jack: Server, workdir: Path, tag: str = "",
          **sections: dict[str, object]) -> dict[str, object]:
     """improvd in duet with a player looping a phrase (a note every 120 ms, held 100 ms, then
     half a second of rest): its send lateness and input -> state, from its telemetry, and what
     arrived at the receiver."""
     engine = {"mode": "duet", **sections.pop("engine", {})}
-    daemon = Daemon(workdir, f"bench-duet-{jack.period}{tag}", engine=engine, **sections)
+    daemon = Daemon(args, jack, workdir, f"bench-duet-{jack.period}{tag}", engine=engine, **sections)
     sender, receiver = Sender("player"), Receiver("listener")
     try:
-        connect(sender.name, daemon.input)
-        connect(daemon.output, receiver.name)
+        jack.connect(sender.name, daemon.input)
+        jack.connect(daemon.output, receiver.name)
         xruns, ours, loops = jack.xruns(), jack.xruns_of(daemon.name), 0
         deadline = time.monotonic() + args.timing_seconds
         while time.monotonic() < deadline:
@@ -505,7 +433,7 @@ def duet(args: argparse.Namespace, jack: Jack, workdir: Path, tag: str = "",
                 time.sleep(0.02)
             time.sleep(0.5)
             loops += 1
-        telemetry = daemon.stop()
+        telemetry = daemon.finish()
         with receiver.cond:
             received = note_balance(list(receiver.events), channel=0)
         return {"phrases": loops, "telemetry": telemetry, "received": received, "xruns": jack.xruns() - xruns,
@@ -513,10 +441,10 @@ def duet(args: argparse.Namespace, jack: Jack, workdir: Path, tag: str = "",
     finally:
         sender.close()
         receiver.close()
-        stop(daemon.process)
+        daemon.kill()
 
 
-def loaded(args: argparse.Namespace, jack: Jack, workdir: Path, floor_p50: float) -> dict[str, object]:
+def loaded(args: argparse.Namespace, jack: Server, workdir: Path, floor_p50: float) -> dict[str, object]:
     """Every core busy with a busy-loop process of its own; call-response and duet with
     improvd's service.realtime off, then on."""
     hogs = [spawn(HOG) for _ in range(os.cpu_count() or 1)]
@@ -564,15 +492,15 @@ def proc_sample(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
-def flood(args: argparse.Namespace, jack: Jack, workdir: Path) -> dict[str, object]:
+def flood(args: argparse.Namespace, jack: Server, workdir: Path) -> dict[str, object]:
     """A player sending note on/off pairs at each rate in turn, passthrough on: improvd's RSS and
     CPU each second, and at the receiver every echoed NOTE_ON checked for its NOTE_OFF."""
-    daemon = Daemon(workdir, f"bench-flood-{jack.period}", ports={"passthrough": True})
+    daemon = Daemon(args, jack, workdir, f"bench-flood-{jack.period}", ports={"passthrough": True})
     sender, receiver = Sender("flooder"), Receiver("listener")
     pid = daemon.process.pid
     try:
-        connect(sender.name, daemon.input)
-        connect(daemon.output, receiver.name)
+        jack.connect(sender.name, daemon.input)
+        jack.connect(daemon.output, receiver.name)
         time.sleep(0.5)
         results = []
         sent_total = 0
@@ -609,8 +537,8 @@ def flood(args: argparse.Namespace, jack: Jack, workdir: Path) -> dict[str, obje
                 "input_to_state_s": telemetry.get("input_to_state", {}),
             })
         # Quiet: improvd answers the flood's last "phrase"; let it end, then stop it.
-        time.sleep(SILENCE_MS / 1000 + 2.5)
-        telemetry = daemon.stop()
+        time.sleep(args.silence_ms / 1000 + 2.5)
+        telemetry = daemon.finish()
         with receiver.cond:
             events = list(receiver.events)
         echoes = note_balance(events, channel=1)  # the player's notes passed through
@@ -620,7 +548,7 @@ def flood(args: argparse.Namespace, jack: Jack, workdir: Path) -> dict[str, obje
     finally:
         sender.close()
         receiver.close()
-        stop(daemon.process)
+        daemon.kill()
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -703,7 +631,6 @@ def table(result: dict) -> str:
 
 
 def main() -> int:
-    global SILENCE_MS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--periods", default="64,256",
                         help="JACK periods in frames at 48 kHz, in turn; the flood runs at the last (default 64,256)")
@@ -738,19 +665,16 @@ def main() -> int:
         args.timing_seconds, args.flood_seconds = 6, 4
     args.periods = [int(p) for p in args.periods.split(",")]
     args.flood_rates = [int(r) for r in args.flood_rates.split(",")]
-    SCHEDULER_REALTIME[0] = args.scheduler_realtime
-    CANDIDATES[0] = args.candidates
-    SILENCE_MS = args.silence_ms
     os.environ.update(JACK_DEFAULT_SERVER=SERVER, JACK_NO_START_SERVER="1")
     sys.setswitchinterval(0.0005)  # the receive callbacks here must not wait 5 ms for the GIL
-    result: dict[str, object] = {"machine": machine(), "settings": {
-        "rate": RATE, "silence_ms": SILENCE_MS, "realtime_requested": args.realtime == "yes",
+    result: dict[str, object] = {"machine": bench_machine(), "settings": {
+        "rate": RATE, "silence_ms": args.silence_ms, "realtime_requested": args.realtime == "yes",
         **{k: v for k, v in vars(args).items() if k not in ("out", "echo", "quick")}}, "periods": []}
     workdir = args.out.parent / "latency-logs"  # jackd's, improvd's and the echo client's logs, kept
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     for index, period in enumerate(args.periods):
-        jack = Jack(period, args.realtime == "yes", workdir)
+        jack = Server(period, args.realtime == "yes", workdir)
         try:
             print(f"period {period} frames ({1e3 * period / RATE:.2f} ms), realtime {jack.realtime}:",
                   file=sys.stderr)
@@ -758,7 +682,7 @@ def main() -> int:
                                         "realtime": jack.realtime}
             print("  transport floor ...", file=sys.stderr)
             entry["floor"] = transport_floor(args, jack, workdir)
-            floor_p50 = entry["floor"]["round_trip_s"].get("p50", 0.0)
+            floor_p50 = entry["floor"]["round_trip_s"].get("p50_ms", 0.0) / 1e3
             print("  phrase end -> answer ...", file=sys.stderr)
             entry["phrase"] = phrase_latency(args, jack, workdir, floor_p50)
             entry["timing"] = {}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -36,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+
+from improvd_train.evaluate import machine  # noqa: E402
 
 PATHS = "tf,tf-bf16,keras-torch,torch,torch-bf16"
 MINUTES = 2.0
@@ -249,8 +250,7 @@ def main() -> None:
             print(path, report["rows"][path], flush=True)
     report.update(
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        machine={"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                 "platform": platform.platform()},
+        machine=machine(),
         setup={k: getattr(args, k) for k in ("init", "minutes", "layers", "units", "embedding", "seq_len", "batch",
                                              "lr", "clip_norm")} | {"validation_events": int(windows[:, 1:].size),
                                                                     "dropout": DROPOUT, "warmup_steps": WARMUP},

@@ -304,10 +304,18 @@ def format_config(config: Config) -> str:
     lines = [f"# improvd configuration from {config.source}"]
     if config.overridden:
         lines.append(f"# overridden on the command line: {', '.join(config.overridden)}")
-    for name in SECTIONS:
-        section = getattr(config, name)
+    sections = {name: {f.name: getattr(getattr(config, name), f.name) for f in fields(getattr(config, name))}
+                for name in SECTIONS}
+    return "\n".join(lines) + "\n" + format_sections(sections)
+
+
+def format_sections(sections: Mapping[str, Mapping[str, object]]) -> str:
+    """``{section: {key: value}}`` as TOML, a blank line before each section: the body of
+    ``format_config``, and how tests and benchmarks write a daemon the few settings they change."""
+    lines: list[str] = []
+    for name, values in sections.items():
         lines += ["", f"[{name}]"]
-        lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section)]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
 

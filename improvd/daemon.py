@@ -13,17 +13,18 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import mido
 
-from improvd import candidates as candidates_module
 from improvd.config import Config, changed_settings, load_config
 from improvd.engine import Engine, Reply, Timed
 from improvd.errors import ImprovdError
 from improvd.model import StepModel
 from improvd.notify import Notifier
+from improvd.report import Report
 from improvd.sampler import make_rng
 from improvd.scheduler import Scheduler, all_notes_off, raise_priority
 from improvd.seed import read_seed
@@ -62,6 +63,56 @@ class Periodic:
             return False
         self.next = now + self.interval if self.interval else float("inf")
         return True
+
+
+class Requests:
+    """What signals ask of the running daemon. The handlers only set flags (no locks, no I/O
+    in a signal handler); the loop, which wakes at least every LOOP_MAX_WAIT_S, acts on them.
+    SIGTERM/SIGINT: stop and exit 0; SIGHUP: reload; SIGUSR1: log the telemetry."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.stop_signal: int | None = None  # the first that asked
+        self.reload = threading.Event()
+        self.report = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self.report.set())
+
+    def _on_stop(self, signum: int, _frame) -> None:
+        self.stop_signal = self.stop_signal or signum
+        self.stop.set()
+
+
+class Heartbeat:
+    """systemd's view of the loop: watchdog pings, sent from the loop and only while the
+    scheduler thread lives (a wedged engine or a dead scheduler stops them, and systemd
+    restarts improvd), and STATUS= every few seconds (resent only when it changed)."""
+
+    def __init__(self, notifier: Notifier, watchdog: bool, now: float) -> None:
+        self.notifier = notifier
+        every = notifier.watchdog_interval if watchdog else None
+        self.ping = Periodic(every, now, first=now)
+        self.status = Periodic(min(STATUS_INTERVAL_S, every or STATUS_INTERVAL_S), now, first=now)
+        self.scheduler_died = False
+        if notifier.watchdog_interval and not watchdog:
+            log.warning("systemd expects watchdog pings (WatchdogSec=) but [service] watchdog = false: "
+                        "it will kill improvd after %.1f s", 2 * notifier.watchdog_interval)
+
+    def beat(self, now: float, scheduler_alive: Callable[[], bool], status: Callable[[], str]) -> None:
+        if not self.notifier.active:
+            return
+        if self.ping.due(now):
+            if scheduler_alive():
+                self.notifier.watchdog()
+            elif not self.scheduler_died:
+                self.scheduler_died = True
+                log.error("the scheduler thread has died; withholding watchdog pings so systemd restarts us")
+        if self.status.due(now):
+            self.notifier.status(status())
 
 
 class Inbox:
@@ -114,34 +165,19 @@ class Daemon:
         self.config_path, self.overrides = config_path, overrides or {}
         self.telemetry = Telemetry()
         self.notifier = Notifier()
-        self.stop_requested = threading.Event()
-        self.stop_signal: int | None = None
-        self.reload_requested = threading.Event()
-        self.report_requested = threading.Event()
+        self.requests = Requests()
         self.inbox = Inbox(self.telemetry)
-        self._last_steps = (time.monotonic(), 0)
-        self.last_choice: candidates_module.Choice | None = None
         self.model: StepModel | None = None
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
         realtime = config.service.realtime_priority if config.service.realtime else 0
         self.session = MidiSession(config.ports, self.inbox.put, max(1, realtime - 1) if realtime else 0)
-        self.tempo_source: str | None = None  # where the tempo comes from, as last logged
+        self.report = Report(self.telemetry, self.session)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """The handlers only set flags (no locks, no I/O in a signal handler); the loop, which
-        wakes at least every LOOP_MAX_WAIT_S, acts on them. SIGTERM/SIGINT: stop and exit 0;
-        SIGHUP: reload; SIGUSR1: log the telemetry."""
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        signal.signal(signal.SIGUSR1, lambda *_: self.report_requested.set())
-
-    def _on_stop_signal(self, signum: int, _frame) -> None:
-        self.stop_signal = self.stop_signal or signum
-        self.stop_requested.set()
+        self.requests.install()
 
     def run(self) -> int:
         """Start up in order: (config, given) -> model -> ports -> engine -> scheduler, then
@@ -169,8 +205,8 @@ class Daemon:
             self.notifier.ready(self.status())
             log.info("ready: %s", self.status())
             self._loop()
-            if self.stop_signal is not None:
-                log.info("stopping on %s", signal.Signals(self.stop_signal).name)
+            if self.requests.stop_signal is not None:
+                log.info("stopping on %s", signal.Signals(self.requests.stop_signal).name)
         except BaseException as err:
             failure = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
             raise
@@ -199,17 +235,11 @@ class Daemon:
 
     def _loop(self) -> None:
         now = time.monotonic()
-        watchdog_every = self.notifier.watchdog_interval if self.config.service.watchdog else None
+        heartbeat = Heartbeat(self.notifier, self.config.service.watchdog, now)
         report = Periodic(self.config.telemetry.interval_s, now)
         port_check = Periodic(self.config.ports.reconnect_s, now)
         transport = Periodic(TRANSPORT_INTERVAL_S, now)
-        watchdog = Periodic(watchdog_every, now, first=now)
-        status = Periodic(min(STATUS_INTERVAL_S, watchdog_every or STATUS_INTERVAL_S), now, first=now)
-        scheduler_died = False
-        if self.notifier.watchdog_interval and not self.config.service.watchdog:
-            log.warning("systemd expects watchdog pings (WatchdogSec=) but [service] watchdog = false: "
-                        "it will kill improvd after %.1f s", 2 * self.notifier.watchdog_interval)
-        while not self.stop_requested.is_set():
+        while not self.requests.stop.is_set():
             now = time.monotonic()
             wake = self.engine.next_wakeup(now)
             timeout = LOOP_MAX_WAIT_S if wake is None else min(LOOP_MAX_WAIT_S, max(0.0, wake - now))
@@ -217,30 +247,21 @@ class Daemon:
                 self.scheduler.submit(self.engine.on_message(message, arrival, time.monotonic()))
                 self.telemetry.record("input_to_state", time.monotonic() - arrival)
             # Silence is judged at the oldest input still queued, not at the clock.
-            self.scheduler.submit(self._on_grid(self.engine.poll(min(time.monotonic(), self.inbox.oldest()))))
-            self._record_choice(self.engine.take_choice())
+            self.scheduler.submit(self.report.onsets(self.engine, self.engine.poll(min(time.monotonic(),
+                                                                                       self.inbox.oldest()))))
+            self.report.choice(self.engine.take_choice())
             now = time.monotonic()
-            if self.notifier.active:
-                # Pinged from this loop, and only while the scheduler thread lives: a wedged
-                # engine or a dead scheduler stops the pings and systemd restarts us.
-                if watchdog.due(now):
-                    if self.scheduler.alive():
-                        self.notifier.watchdog()
-                    elif not scheduler_died:
-                        scheduler_died = True
-                        log.error("the scheduler thread has died; withholding watchdog pings so systemd restarts us")
-                if status.due(now):
-                    self.notifier.status(self.status())
+            heartbeat.beat(now, self.scheduler.alive, self.status)
             if transport.due(now):
                 self._follow_transport()
             if port_check.due(now) or self.session.changed():
                 for event in self.session.check():
                     self._on_port_event(event)
-            if report.due(now) or self.report_requested.is_set():
-                self.report_requested.clear()
+            if report.due(now) or self.requests.report.is_set():
+                self.requests.report.clear()
                 log.info("telemetry: %s", self.telemetry_line())
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
+            if self.requests.reload.is_set():
+                self.requests.reload.clear()
                 self.reload()
 
     def _follow_transport(self) -> None:
@@ -254,33 +275,6 @@ class Daemon:
                            TRANSPORT_SOURCE)
         elif beat.fixed is not None and beat.fixed[1] == TRANSPORT_SOURCE:
             beat.set_tempo(None)
-
-    def _on_grid(self, reply: Reply) -> Reply:
-        """Telemetry: how far each generated onset is scheduled from the grid, while a tempo
-        is known; a log line when the tempo's source changes."""
-        now = time.monotonic()
-        tempo = self.engine.beat.tempo(now)
-        if (tempo and tempo[1]) != self.tempo_source:
-            self.tempo_source = tempo and tempo[1]
-            log.info("tempo: %s", f"{tempo[0].bpm_at(now):.1f} bpm ({tempo[1]})" if tempo else "none: free time")
-        for timed in reply.messages:
-            if timed.message.type == "note_on" and timed.message.velocity and not timed.passthrough:
-                distance = self.engine.beat.distance(timed.time, now)
-                if distance is not None:
-                    self.telemetry.record("onset_to_grid", distance)
-        return reply
-
-    def _record_choice(self, choice: candidates_module.Choice | None) -> None:
-        """Candidate figures for the telemetry line (the engine logs each choice at debug)."""
-        if choice is None:
-            return
-        self.telemetry.record("candidate_generation", choice.compute_s)
-        if choice.slack_s is not None:
-            self.telemetry.record("candidate_slack", choice.slack_s)
-        self.telemetry.count("candidates_scored", choice.scored)
-        self.telemetry.count("answers_chosen")
-        self.telemetry.count("answers_chosen_partial", int(not choice.complete))
-        self.last_choice = choice
 
     def _on_port_event(self, event: Event) -> None:
         """A lost player's keys are released. When the output's peer goes, the answer is
@@ -345,37 +339,7 @@ class Daemon:
     # ---- status ----------------------------------------------------------------------------
 
     def status(self) -> str:
-        engine, session = self.engine, self.session
-        waiting = [session.waiting()] if session.waiting() else []
-        parts = waiting + [f"mode {engine.live.mode if engine else self.config.engine.mode}",
-                           session.ports_text(), f"model on {self.model.provider}"]
-        if engine is not None:
-            parts.append(f"memory {engine.live.memory_strength:.2f} ({engine.memory.events} events)")
-        tempo = engine.beat.tempo(time.monotonic()) if engine is not None else None
-        if tempo is not None:
-            parts.append(f"tempo {tempo[0].bpm_at(time.monotonic()):.1f} bpm ({tempo[1]})")
-        if engine is not None and not engine.controls.playing:
-            parts.append("stopped by MIDI clock")
-        latency = self.telemetry.snapshot()["latency"]["phrase_end_to_first_note"]
-        if latency["n"]:
-            parts.append(f"answer p99 {latency['p99_ms']:.1f} ms")
-        return ", ".join(parts)
+        return self.report.status(self.config, self.engine, self.model)
 
     def telemetry_line(self) -> str:
-        extra: dict[str, object] = {}
-        if self.engine is not None:
-            c = self.engine.counters
-            extra.update(notes_in=c.notes_in, notes_out=c.notes_out, answers=c.answers,
-                         barge_ins=c.barge_ins, ignored=c.messages_ignored,
-                         memory_strength=round(self.engine.live.memory_strength, 3),
-                         memory_events=self.engine.memory.events)
-        if self.model is not None:
-            now, steps = time.monotonic(), self.model.steps
-            last_time, last_steps = self._last_steps
-            extra["model_steps"] = steps
-            extra["model_steps_per_s"] = (steps - last_steps) / max(1e-9, now - last_time)
-            self._last_steps = (now, steps)
-        if self.last_choice is not None:
-            extra.update(last_winner=self.last_choice.winner, last_margin=self.last_choice.margin)
-        extra.update(self.session.counters())
-        return self.telemetry.line(extra)
+        return self.report.line(self.engine, self.model)

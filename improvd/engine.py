@@ -3,10 +3,11 @@
 Pure by design: no threads, no ports, no clock of its own. Every call takes ``now`` (seconds
 on the caller's monotonic clock) and returns the messages to play with their times, so tests
 run it in simulated time, deterministically with a seeded RNG. Nothing handed in is changed:
-the musician's live knobs are the engine's own ``Live``. It coordinates small parts: the
-stream (what the model has heard, one sequence of the player's events and its own), the voice
-(what improvd generates ahead of time, journaled so the unheard part can be taken back), the
-phrase (when to answer, for how long), the controls (CCs, clock) and the candidates.
+the musician's live knobs are the engine's own ``Live``. It sorts the player's input and
+coordinates small parts: the stream (what the model has heard, one sequence of the player's
+events and its own), the voice (what improvd generates ahead of time, journaled so the unheard
+part can be taken back), the phrase (when to answer, for how long), the controls (CCs, clock),
+the candidates, and the turns (the answer policy over them).
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ from improvd.reply import Reply, Timed
 from improvd.sampler import Sampler
 from improvd.stream import Stream
 from improvd.tempo import Beat
+from improvd.turns import Turns
 from improvd.voice import Voice
 
 log = logging.getLogger(__name__)
 
 MODES = choices(EngineConfig, "mode")
-# Generated output resumes no sooner than this after ``now``: longer than regenerating the
-# lookahead takes (bench/duet_regen.py: p99 under 5 ms with both cores busy and SCHED_FIFO).
-REACTION_S = 0.02
 CANDIDATE_STEPS = 2  # candidate events per poll: small, so input is never kept waiting
 
 
@@ -51,7 +50,7 @@ class Counters:
 
 
 class Engine:
-    """Reads top to bottom: what the daemon calls, then input, then the stream and the answer.
+    """Reads top to bottom: what the daemon calls, then the player's input.
     ``clock`` measures the candidates' compute time; ``candidate_steps`` is how far they
     go per poll (offline, with no clock to race, as far as they need). ``handed_over_s``:
     how far ahead of ``now`` output is already out of the scheduler's hands (a port that
@@ -76,7 +75,9 @@ class Engine:
         self.stream = Stream(model, now - vocab.MAX_SHIFT_TICKS * vocab.TICK_S, config.ports.output_channel - 1,
                              self.memory)
         self.voice = Voice(self.stream, self.sampler, self.counters, self.live, self.beat)
-        self._fold(self.stream.encoder.advance(now))
+        self.turns = Turns(config.engine, self.live, self.counters, self.stream, self.voice, self.phrase,
+                           self.candidates)
+        self.turns.fold(self.stream.encoder.advance(now))
 
     # ---- what the daemon calls ---------------------------------------------------------
 
@@ -92,49 +93,23 @@ class Engine:
         self.voice.journal.heard(now + self.handed_over_s)
         if not self.controls.playing:
             return Reply()
-        reply = self._release_stale_keys(now)
-        if self.live.mode == "call-response" and not self.voice.answering:
-            if self.candidates.on:
-                self.search_answer(now)
-            deadline = self.silence_deadline()
-            if deadline is not None and now >= deadline - self._lookahead():
-                self._start_answer(deadline, now)
-        if self.voice.answering or self.live.mode == "duet":
-            answering = self.voice.answering
-            self.voice.resume_no_sooner_than(now + REACTION_S)
-            reply.messages += self.voice.generate_until(now + self._lookahead())
-            if answering and not self.voice.answering:
-                reply.settle_at = self.voice.time
-        return reply
+        return self._release_stale_keys(now).extend(self.turns.poll(now))
 
     def next_wakeup(self, now: float) -> float | None:
         """When ``poll`` next has work to do; None while only input can change anything."""
-        if not self.controls.playing:
-            return None
-        if self.voice.answering or self.live.mode == "duet":
-            return max(now, self.stream.time - self._lookahead() / 2)
-        deadline = self.silence_deadline()
-        if deadline is None:
-            return None
-        if self.candidates.on and self.candidates.pending():
-            return now  # candidates to advance
-        return max(now, deadline - self._lookahead())
+        return self.turns.next_wakeup(now) if self.controls.playing else None
 
     def search_answer(self, now: float) -> Search | None:
         """Advance the candidate answers for the coming silence deadline, as ``poll`` does
-        while the player is silent; they must be ready ``lookahead`` before the deadline,
-        so None after that or while the phrase goes on."""
-        deadline = self.silence_deadline()
-        if deadline is None or now >= deadline - self._lookahead():
-            return None
-        return self.candidates.advance(self.stream, self.phrase, self.phrase.plan(deadline), now)
+        while the player is silent; None once it is too late for them or while the phrase goes on."""
+        return self.turns.search(now)
 
     def take_choice(self) -> Choice | None:
         """The candidate choice made since the last call, for telemetry."""
         return self.candidates.take_choice()
 
     def silence_deadline(self) -> float | None:
-        return self.phrase.deadline(self.stream.line.player_keys_down())
+        return self.turns.deadline()
 
     def prime(self, messages: list[tuple[float, mido.Message]], now: float, length: float | None) -> Reply:
         """Prime the state with a motif as if it had just been played, ending at ``now``;
@@ -167,7 +142,7 @@ class Engine:
     def panic(self, now: float) -> Reply:
         """Stop the current answer or duet line and release its notes."""
         self.phrase.end()
-        return self._stop_generating(now, rollback=True)
+        return self.turns.stop(now, take_back=True)
 
     def set_mode(self, mode: str, now: float) -> Reply:
         if mode not in MODES or mode == self.live.mode:
@@ -201,19 +176,17 @@ class Engine:
         probe = self.stream.encoder.copy()
         if not probe.feed(message, now) and vars(probe) == vars(self.stream.encoder):
             return reply  # changes nothing: a NOTE_OFF for a key that is not down, a repeated pedal value
-        reply.extend(self._rollback(now))
+        reply.extend(self.turns.take_back(now))
         if kind == "note_on" and message.velocity > 0:
             self.counters.notes_in += 1
-            if self.voice.answering and self.live.mode == "call-response":
-                self.counters.barge_ins += 1
-                reply.extend(self._stop_generating(now))
+            reply.extend(self.turns.barge_in(now))
             self.phrase.strike(message.note, message.velocity, now)
             self.beat.heard_note(now)
         tokens = self.stream.encoder.feed(message, now)
         for token in tokens:
             if vocab.NOTE_OFF_OFFSET <= token < vocab.TIME_SHIFT_OFFSET:
                 self.phrase.release(token - vocab.NOTE_OFF_OFFSET, now)
-        self._fold(tokens, played_at=now)
+        self.turns.fold(tokens, played_at=now)
         self.phrase.last_heard = now
         return reply
 
@@ -246,40 +219,3 @@ class Engine:
         held = sorted(self.stream.encoder.sounding - self.stream.line.own_notes.keys())
         log.warning("player keys %s held %.0f s with no other input: counted as released", held, idle)
         return self.release_player(now)
-
-    # ---- the stream ------------------------------------------------------------------------
-
-    def _lookahead(self) -> float:
-        return self.config.engine.lookahead_ms / 1000
-
-    def _fold(self, tokens: list[int], played_at: float | None = None) -> None:
-        self.candidates.drop()  # the stream changes under them
-        self.stream.fold(tokens, played_at)
-
-    def _rollback(self, now: float) -> Reply:
-        """Throw away every generated event not yet heard at ``now``."""
-        if not self.voice.take_back(now):
-            return Reply()
-        self.counters.rollbacks += 1
-        if self.live.mode == "call-response":
-            if self.voice.time < self.voice.plan.deadline - 1e-9:  # the answer had not begun: nothing sounded
-                self.voice.answering = False
-                self.phrase.unanswered()
-                self.counters.answers -= 1
-            else:  # resume where it was heard up to, ending it if its end was reached
-                self.voice.answering = self.voice.time < self.voice.plan.answer_end or bool(self.stream.line.own_notes)
-        return Reply(cancel_after=now)
-
-    def _stop_generating(self, now: float, rollback: bool = False) -> Reply:
-        """End the answer or duet line at ``now``: its sounding notes are released, in the
-        state as in the room."""
-        reply = self._rollback(now) if rollback else Reply()
-        self._fold(self.stream.encoder.advance(now))
-        self.voice.stop()
-        return reply.extend(Reply(cancel_after=now, release=True))
-
-    def _start_answer(self, deadline: float, now: float) -> None:
-        plan = self.phrase.plan(deadline)
-        self.phrase.answered()
-        self.counters.answers += 1
-        self.voice.start(plan, self.candidates.choose(plan, now) if self.candidates.on else [])

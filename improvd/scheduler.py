@@ -9,8 +9,6 @@ can release them all.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import threading
@@ -20,12 +18,12 @@ from collections.abc import Callable
 import mido
 
 from improvd.errors import PortError
-from improvd.reply import Reply, Timed
+from improvd.outbox import SETTLE, Outbox
+from improvd.reply import Reply
 from improvd.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
-SETTLE = object()  # queued at an answer's end: release what it left sounding
 SPIN_S = 0.002  # spin this long before a due time instead of trusting sleep
 IDLE_WAIT_S = 0.5
 
@@ -62,8 +60,7 @@ class Scheduler:
         self.telemetry = telemetry or Telemetry()
         self.clock = clock
         self.realtime_priority = realtime_priority
-        self._queue: list[tuple[float, int, Timed]] = []  # (time, order, message)
-        self._order = itertools.count()
+        self._queue = Outbox()
         self._wake = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -97,17 +94,8 @@ class Scheduler:
         if reply.cancel_after is None and not reply.release and not reply.messages and reply.settle_at is None:
             return
         with self._wake:
-            if reply.cancel_after is not None:
-                self._queue = [e for e in self._queue if e[0] <= reply.cancel_after]
-                heapq.heapify(self._queue)
-            if reply.release:  # what is still queued of the line being stopped is stale too
-                self._queue = [e for e in self._queue if e[2] is not SETTLE and e[2].passthrough]
-                heapq.heapify(self._queue)
+            if self._queue.apply(reply):
                 self._release(self.sounding)
-            for timed in reply.messages:
-                heapq.heappush(self._queue, (timed.time, next(self._order), timed))
-            if reply.settle_at is not None:
-                heapq.heappush(self._queue, (reply.settle_at, next(self._order), SETTLE))
             self._wake.notify()
 
     def release_all(self) -> None:
@@ -173,7 +161,7 @@ class Scheduler:
                     if not self._queue:
                         self._wake.wait(IDLE_WAIT_S)
                         continue
-                    due = self._queue[0][0]
+                    due = self._queue.due()
                     hand_over = due - self.lead_s
                     # A port that places messages at their time needs no spinning (which
                     # holds the GIL that port's realtime callback waits for).
@@ -184,9 +172,9 @@ class Scheduler:
                 while self.clock() < hand_over:
                     pass
                 with self._wake:
-                    if not self._queue or self._queue[0][0] != due:
+                    if self._queue.due() != due:
                         continue
-                    _, _, timed = heapq.heappop(self._queue)
+                    timed = self._queue.pop()
                     if timed is SETTLE:
                         self._settle()
                         continue

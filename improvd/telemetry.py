@@ -10,6 +10,17 @@ import numpy as np
 WINDOW = 10_000  # samples kept per series: memory stays flat however long it runs
 
 
+def percentiles(seconds, scale: float = 1e3, unit: str = "ms") -> dict[str, float]:
+    """n, p50, p99 and max of durations in seconds, each times ``scale`` and named for
+    ``unit`` (p50_ms ...): the one summary the daemon, the benchmarks and the evaluation use."""
+    values = np.asarray(seconds, float)
+    if not values.size:
+        return {"n": 0}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"n": int(values.size), f"p50_{unit}": float(p50 * scale), f"p99_{unit}": float(p99 * scale),
+            f"max_{unit}": float(values.max() * scale)}
+
+
 class Series:
     def __init__(self) -> None:
         self.samples: deque[float] = deque(maxlen=WINDOW)
@@ -20,11 +31,7 @@ class Series:
         self.count += 1
 
     def summary(self) -> dict[str, float]:
-        if not self.samples:
-            return {"n": 0}
-        values = np.fromiter(self.samples, float)
-        p50, p99 = np.percentile(values, [50, 99])
-        return {"n": self.count, "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": values.max() * 1e3}
+        return {**percentiles(self.samples), "n": self.count}
 
 
 class Telemetry:

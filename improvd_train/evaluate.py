@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from improvd import memory, vocab
+from improvd.telemetry import percentiles
 from improvd_train.train import load_split, piece_gap
 
 # ---- defaults -------------------------------------------------------------------------
@@ -449,8 +450,7 @@ def step_times(session, batch: int = 1, steps: int = LATENCY_STEPS,
 
 
 def latency(times: np.ndarray) -> dict:
-    return {"p50_us": float(np.percentile(times, 50) * 1e6),
-            "p99_us": float(np.percentile(times, 99) * 1e6),
+    return {**percentiles(times, 1e6, "us"),
             "mean_us": float(times.mean() * 1e6),
             "steps_per_s": float(len(times) / times.sum())}
 

@@ -3,8 +3,6 @@ that plays replies the way the scheduler does, in simulated time."""
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 from improvd.config import SECTIONS, Config
 from improvd.engine import CANDIDATE_STEPS, Engine
 from improvd.model import State, StepModel
+from improvd.outbox import SETTLE, Outbox
 from improvd.reply import Reply, Timed
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -101,30 +100,28 @@ def note(kind: str, pitch: int, velocity: int = 80, channel: int = 0) -> mido.Me
 
 
 class Room:
-    """Applies engine replies like the scheduler: cancel, release, queue; then 'sends' each
-    message at its time, checking that the output is playable MIDI."""
+    """Applies engine replies with the scheduler's own queue (cancel, release, queue); then
+    'sends' each message at its time, checking that the output is playable MIDI. It hears
+    improvd's notes only (not the player's echoed ones), and an answer's end releases
+    nothing: a note still sounding there is a problem, where the scheduler would clean up."""
 
     def __init__(self) -> None:
-        self.queue: list = []
-        self.order = itertools.count()
+        self.queue = Outbox()
         self.sounding: set[tuple[int, int]] = set()
         self.sent: list[Timed] = []
         self.problems: list[str] = []
 
     def submit(self, reply: Reply) -> None:
-        if reply.cancel_after is not None:
-            self.queue = [e for e in self.queue if e[0] <= reply.cancel_after]
-            heapq.heapify(self.queue)
-        if reply.release:
-            self.queue = []
-            self.sounding = {(ch, p) for ch, p in self.sounding if ch < 0}
-        for timed in reply.messages:
-            if not timed.passthrough:
-                heapq.heappush(self.queue, (timed.time, next(self.order), timed))
+        if self.queue.apply(replace(reply, messages=[t for t in reply.messages if not t.passthrough])):
+            self.sounding.clear()
 
     def advance(self, now: float) -> None:
-        while self.queue and self.queue[0][0] <= now:
-            _, _, timed = heapq.heappop(self.queue)
+        while self.queue and self.queue.due() <= now:
+            timed = self.queue.pop()
+            if timed is SETTLE:
+                if self.sounding:
+                    self.problems.append(f"{sorted(self.sounding)} still sounding at an answer's end")
+                continue
             self.sent.append(timed)
             m = timed.message
             key = (m.channel, m.note)

@@ -1,15 +1,12 @@
-"""Shared by the notify and service tests: a real `improvd` process on the test JACK server
-(the ``jack`` fixture of conftest.py), a player that sends it phrases and a listener that
+"""Shared by the notify and service tests: a real `improvd` process (tests/improvd_process.py)
+on the test JACK server (the ``jack`` fixture of conftest.py), a player that sends it phrases and a listener that
 records what it plays, both real JACK MIDI clients made with mido."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import sysconfig
 import threading
@@ -19,97 +16,26 @@ from pathlib import Path
 
 import mido
 
+from tests import improvd_process
 from tests.engine_helpers import MODEL_PATH
+from tests.improvd_process import Improvd
 
 PHRASE = [60, 62, 64, 65, 67, 65, 64, 62]  # played 120 ms apart, each held 100 ms
 STOP_DEADLINE_S = 1.0  # the issue's "within 1 s" from SIGTERM/SIGINT to exit
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 LOG_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL) improvd[.:]")  # ours, not libjack's
-
-
-def improvd_command() -> list[str]:
-    """The console script the units run, when installed beside this Python; else the module."""
-    script = Path(sys.executable).with_name("improvd")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "improvd.cli"]
+SETTINGS: dict[str, dict[str, object]] = {
+    "model": {"path": MODEL_PATH, "device": "cpu"},
+    "ports": {"api": "jack"},
+    "engine": {"silence_ms": 300, "min_answer_s": 2.0, "max_answer_s": 3.0, "seed": 7},
+    "telemetry": {"interval_s": 0},
+}
 
 
 def write_config(path: Path, **changes: dict[str, object]) -> Path:
     """A config file for a test daemon: the shipped model on the CPU, JACK, short silences,
-    a fixed seed, no periodic telemetry; ``changes`` maps section -> {key: TOML text}."""
-    sections: dict[str, dict[str, object]] = {
-        "model": {"path": f'"{MODEL_PATH}"', "device": '"cpu"'},
-        "ports": {"api": '"jack"'},
-        "engine": {"silence_ms": 300, "min_answer_s": 2.0, "max_answer_s": 3.0, "seed": 7},
-        "telemetry": {"interval_s": 0},
-    }
-    for section, values in changes.items():
-        sections.setdefault(section, {}).update(values)
-    text = "\n".join(f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in values.items())
-                     for name, values in sections.items())
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-class Improvd:
-    """An `improvd` subprocess whose stderr is collected line by line as it comes."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
-        base = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-                                                                 "JOURNAL_STREAM")}
-        self.process = subprocess.Popen([*improvd_command(), "--config", str(config), *args],
-                                        env={**base, **(env or {})}, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.changed = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            with self.changed:
-                self.lines.append(line.rstrip("\n"))
-                self.changed.notify_all()
-
-    def wait_line(self, text: str, timeout: float = 20.0, start: int = 0) -> int:
-        """The index of the first line from ``start`` on that contains ``text``."""
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                for index in range(start, len(self.lines)):
-                    if text in self.lines[index]:
-                        return index
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.process.poll() is not None and not self.reader.is_alive()):
-                    raise AssertionError(f"no log line with {text!r} from improvd; it wrote:\n" + self.log())
-                self.changed.wait(min(left, 0.1))
-
-    def log(self) -> str:
-        with self.changed:
-            return "\n".join(self.lines)
-
-    def send_signal(self, signum: int) -> float:
-        self.process.send_signal(signum)
-        return time.monotonic()
-
-    def wait_exit(self, sent_at: float, timeout: float = 10.0) -> tuple[int, float]:
-        """(exit code, seconds from ``sent_at`` to the process being gone)."""
-        while self.process.poll() is None:
-            if time.monotonic() - sent_at > timeout:
-                raise AssertionError("improvd did not exit:\n" + self.log())
-            time.sleep(0.005)
-        elapsed = time.monotonic() - sent_at
-        self.reader.join(timeout=5)
-        return self.process.returncode, elapsed
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.reader.join(timeout=5)
+    a fixed seed, no periodic telemetry; ``changes`` maps section -> {key: value}."""
+    return improvd_process.write_config(path, SETTINGS, **changes)
 
 
 def log_lines(daemon: Improvd) -> list[str]:

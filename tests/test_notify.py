@@ -173,7 +173,7 @@ def test_daemon_speaks_the_protocol_ready_watchdog_status_stopping(jack, tmp_pat
 
 
 def test_no_ready_when_the_model_fails_to_load(tmp_path, systemd):
-    config = write_config(tmp_path / "config.toml", model={"path": '"missing.onnx"'})
+    config = write_config(tmp_path / "config.toml", model={"path": "missing.onnx"})
     daemon = Improvd(config, {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)})
     code, _ = daemon.wait_exit(time.monotonic(), timeout=60)
     time.sleep(0.05)

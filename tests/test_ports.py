@@ -26,12 +26,12 @@ import pytest
 from improvd import ports as ports_module
 from improvd.errors import PortError
 from tests.conftest import _stop_with_parent
+from tests.improvd_process import Improvd, jack_names, write_config
 
 if TYPE_CHECKING:
     from tests.conftest import Jack
 
 ROOT = Path(__file__).resolve().parent.parent
-IMPROVD = Path(sys.executable).with_name("improvd")
 MOTIF = ROOT / "examples" / "motif.mid"
 
 SEED = 1234
@@ -50,93 +50,35 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
+SETTINGS: dict[str, dict[str, object]] = {  # a fast, deterministic daemon
+    "model": {"device": "cpu"},
+    "ports": {"api": "jack", "reconnect_s": 0.2},
+    "engine": {"silence_ms": SILENCE_MS, "min_answer_s": MIN_ANSWER_S, "max_answer_s": MAX_ANSWER_S, "seed": SEED},
+    "sampler": {"pitch_low": PITCH_LOW, "pitch_high": PITCH_HIGH},
+    "telemetry": {"interval_s": 0.0},
+    # As a JACK client is run: realtime where the system allows it (a warning elsewhere).
+    # improvd's threads share the GIL with its JACK process callback, which must not
+    # wait for one of them preempted by another busy process (docs/jack.md).
+    "service": {"watchdog": False, "realtime": True},
+    "log": {"level": "debug"},
+}
 
 
-def write_config(path: Path, name: str, **sections: dict[str, object]) -> Path:
-    """A config for a fast, deterministic daemon with its own virtual port names."""
-    settings: dict[str, dict[str, object]] = {
-        "model": {"device": "cpu"},
-        "ports": {"api": "jack", "client_name": name, "virtual_input": f"{name} in",
-                  "virtual_output": f"{name} out", "reconnect_s": 0.2},
-        "engine": {"silence_ms": SILENCE_MS, "min_answer_s": MIN_ANSWER_S, "max_answer_s": MAX_ANSWER_S,
-                   "seed": SEED},
-        "sampler": {"pitch_low": PITCH_LOW, "pitch_high": PITCH_HIGH},
-        "telemetry": {"interval_s": 0.0},
-        # As a JACK client is run: realtime where the system allows it (a warning elsewhere).
-        # improvd's threads share the GIL with its JACK process callback, which must not
-        # wait for one of them preempted by another busy process (docs/jack.md).
-        "service": {"watchdog": False, "realtime": True},
-        "log": {"level": "debug"},
-    }
-    for section, values in sections.items():
-        settings.setdefault(section, {}).update(values)
-    lines = []
-    for section, values in settings.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-class Daemon:
-    """``improvd`` as a subprocess, its log in a file."""
+class Daemon(Improvd):
+    """``improvd`` on the test JACK server with its own client and port names, its log in a file."""
 
     def __init__(self, jack: Jack, tmp_path: Path, name: str, *args: str, **sections: dict[str, object]) -> None:
         self.jack = jack
         self.name = name
         self.in_name, self.out_name = f"{name} in", f"{name} out"
         self.full_in, self.full_out = f"{name}:{self.in_name}", f"{name}:{self.out_name}"  # on its one JACK client
-        self.config = write_config(tmp_path / f"{name}.toml", name, **sections)
-        self.log_path = tmp_path / f"{name}-{uuid.uuid4().hex[:4]}.log"
-        self.started = time.monotonic()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [str(IMPROVD), "--config", str(self.config), "--random-seed", str(SEED), *args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=jack.env, cwd=tmp_path)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match[str]:
-        """The first match of ``pattern`` in the log (from character ``after``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = re.compile(pattern).search(self.log(), after)
-            if match:
-                return match
-            if self.process.poll() is not None:
-                raise AssertionError(f"improvd exited ({self.process.returncode}) before {pattern!r}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {pattern!r} in improvd's log after {timeout} s:\n{self.log()}")
-            time.sleep(0.02)
-
-    def wait_ready(self) -> None:
-        self.wait_log(r"INFO improvd\.daemon: ready: ")
+        named = {**SETTINGS, "ports": {**SETTINGS["ports"], **jack_names(name)}}
+        config = write_config(tmp_path / f"{name}.toml", named, **sections)
+        super().__init__(config, jack.env, ("--random-seed", str(SEED), *args), cwd=tmp_path)
 
     def ports(self) -> tuple[str, str]:
         """The full JACK names of the daemon's input and output ports (virtual ones)."""
         return self.jack.wait_port(self.in_name), self.jack.wait_port(self.out_name)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"improvd did not stop within {timeout} s of signal {sig}:\n{self.log()}") from None
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @contextmanager
@@ -356,6 +298,18 @@ def closing(*things: Receiver | Player) -> Iterator[None]:
             thing.close()
 
 
+@contextmanager
+def wired(jack: Jack, tmp_path: Path, *args: str,
+          **sections: dict[str, object]) -> Iterator[tuple[Daemon, Player, Receiver]]:
+    """A ready daemon with a player on its (virtual) input and a receiving synth on its output."""
+    player, synth = Player(jack), Receiver(jack)
+    with closing(player, synth), daemon(jack, tmp_path, *args, **sections) as improvd:
+        port_in, port_out = improvd.ports()
+        jack.connect(player.name, port_in)
+        jack.connect(port_out, synth.name)
+        yield improvd, player, synth
+
+
 def assert_well_formed(events: list[tuple[float, mido.Message]], what: str = "answer",
                        receiver: Receiver | None = None) -> list[tuple[float, int]]:
     """Every NOTE_ON has its NOTE_OFF, none is doubled, no NOTE_OFF for a silent key, every
@@ -530,11 +484,7 @@ def _sounding_of(events: list[tuple[str, int]]) -> set[int]:
 
 
 def test_phrase_gets_a_well_formed_answer_after_the_silence(jack: Jack, tmp_path: Path) -> None:
-    player, synth = Player(jack), Receiver(jack)
-    with closing(player, synth), daemon(jack, tmp_path) as improvd:
-        port_in, port_out = improvd.ports()
-        jack.connect(player.name, port_in)
-        jack.connect(port_out, synth.name)
+    with wired(jack, tmp_path) as (improvd, player, synth):
         phrase_end = player.play()
         synth.wait_for(synth.note_ons, 5, "the answer's first note")
         first = synth.note_ons()[0][0]
@@ -555,11 +505,7 @@ def test_phrase_gets_a_well_formed_answer_after_the_silence(jack: Jack, tmp_path
 
 
 def test_playing_during_the_answer_stops_it_and_releases_its_notes(jack: Jack, tmp_path: Path) -> None:
-    player, synth = Player(jack), Receiver(jack)
-    with closing(player, synth), daemon(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as improvd:
-        port_in, port_out = improvd.ports()
-        jack.connect(player.name, port_in)
-        jack.connect(port_out, synth.name)
+    with wired(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as (improvd, player, synth):
         player.play()
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         first = synth.note_ons()[0][0]
@@ -581,11 +527,7 @@ def test_playing_during_the_answer_stops_it_and_releases_its_notes(jack: Jack, t
 
 
 def test_sigterm_during_an_answer_leaves_no_note_sounding(jack: Jack, tmp_path: Path) -> None:
-    player, synth = Player(jack), Receiver(jack)
-    with closing(player, synth), daemon(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as improvd:
-        port_in, port_out = improvd.ports()
-        jack.connect(player.name, port_in)
-        jack.connect(port_out, synth.name)
+    with wired(jack, tmp_path, engine={"min_answer_s": 3.0, "max_answer_s": 3.0}) as (improvd, player, synth):
         player.play()
         synth.wait_for(synth.sounding, 5, "a sounding answer note")
         stopped_at = time.monotonic()

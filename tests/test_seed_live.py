@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import mido
 
 from improvd import vocab
-from tests.test_ports import IMPROVD, MOTIF, SEED, Receiver, assert_well_formed, closing, daemon, tolerance
+from tests.improvd_process import improvd_command
+from tests.test_ports import MOTIF, SEED, Receiver, assert_well_formed, closing, daemon, tolerance
 
 if TYPE_CHECKING:
     from tests.conftest import Jack
@@ -59,8 +60,9 @@ def test_live_seed_file_answer_keeps_the_motif_length_and_its_line(jack: Jack, t
         silence = ENGINE["silence_ms"] / 1000
         assert onsets[0] - ready <= silence + tolerance(jack), "the answer starts a silence after the motif"
         out = tmp_path / "continued.mid"
-        subprocess.run([str(IMPROVD), "--config", str(config), "--random-seed", str(SEED), "--seed-file", str(MOTIF),
-                        "--output-file", str(out)], check=True, capture_output=True, timeout=60)
+        subprocess.run([*improvd_command(), "--config", str(config), "--random-seed", str(SEED),
+                        "--seed-file", str(MOTIF), "--output-file", str(out)],
+                       check=True, capture_output=True, timeout=60)
         file_onsets, file_end = continuation_in_file(out)
         file_length = file_end - file_onsets[0]
         live_density = notes_per_onset(onsets)

@@ -19,13 +19,13 @@ from improvd import cli, vocab
 from improvd.config import ServiceConfig, load_config
 from tests.conftest import in_ci
 from tests.engine_helpers import PROJECT_ROOT
+from tests.improvd_process import improvd_command
 from tests.service_helpers import (
     STOP_DEADLINE_S,
     TIMESTAMP,
     Improvd,
     Listener,
     Player,
-    improvd_command,
     log_lines,
     offline_venv,
     write_config,
@@ -109,8 +109,8 @@ def test_sighup_reloads_a_good_config_without_a_stuck_note_and_keeps_answering(s
 
 @pytest.mark.parametrize("bad, problems", [
     ({"engine": {"silence_ms": 5}}, ["engine.silence_ms: must be between 50 and 10000, got 5"]),
-    ({"model": {"path": '"missing.onnx"'}}, ["missing.onnx: model file not found"]),
-    ({"engine": {"mode": '"solo"'}, "sampler": {"temprature": 1}},
+    ({"model": {"path": "missing.onnx"}}, ["missing.onnx: model file not found"]),
+    ({"engine": {"mode": "solo"}, "sampler": {"temprature": 1}},
      ["engine.mode: ", "sampler.temprature: unknown key"]),
 ], ids=["invalid-setting", "missing-model", "two-problems"])
 def test_sighup_refuses_a_bad_config_and_keeps_the_old_one_running(session, tmp_path, bad, problems):
@@ -369,7 +369,7 @@ def fifo_priorities(pid: int) -> dict[int, int]:
 
 
 def test_realtime_runs_the_engine_loop_sched_fifo_below_the_sender(session, tmp_path):
-    config = write_config(tmp_path / "rt.toml", service={"realtime": "true", "realtime_priority": 20})
+    config = write_config(tmp_path / "rt.toml", service={"realtime": True, "realtime_priority": 20})
     daemon, player, listener = session(config)
     player.play()
     assert listener.wait_sounding(), "no answer with realtime on:\n" + daemon.log()

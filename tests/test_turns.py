@@ -1,0 +1,24 @@
+"""The answer policy's timing, driven through the engine in simulated time."""
+
+import pytest
+
+from improvd import turns
+from tests.engine_helpers import Room, make_engine, note, run
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.004, 0.0049, 0.006])  # player events fall anywhere on the 10 ms grid
+def test_duet_never_schedules_output_before_it_can_exist(offset):
+    """Regenerating the lookahead takes milliseconds and none of it is queued before the
+    end: after a player event, nothing may be due sooner than REACTION_S from then."""
+    eng = make_engine(mode="duet", lookahead_ms=250, seed=11)
+    room = Room()
+    run(eng, room, 0.0, 1.0)
+    for k in range(30):
+        now = 1.0 + offset + 0.12 * k
+        pitch = 60 + k % 12
+        for message, at in ((note("note_on", pitch), now), (note("note_off", pitch), now + 0.1)):
+            room.submit(eng.on_message(message, at, at))
+            fresh = eng.poll(at)
+            assert all(m.time >= at + turns.REACTION_S - 1e-9 for m in fresh.messages), (at, fresh.messages)
+            room.submit(fresh)
+    assert not room.problems
