@@ -206,9 +206,9 @@ def test_random_kills_and_restarts_of_both_peers(jack: Jack, tmp_path: Path) -> 
             wait_connected(jack, our_out, synth.name)
             try:
                 synth.wait_for(lambda s=synth: not s.sounding(all_notes_off=True), MAX_ANSWER_S + 2, "silence first")
+                answer_after(synth, player.play(), "the answer after", replay=player.play)
             except AssertionError as err:
                 raise AssertionError(f"{err}\nafter {cycles}; improvd's log ends:\n{improvd.log()[-6000:]}") from None
-            answer_after(synth, player.play(), f"the answer after: {cycles}", replay=player.play)
             rss.append(rss_kb(improvd.process.pid))
         first = synth.note_ons()[-1][0]
         synth.wait_for(lambda: time.monotonic() > first + MAX_ANSWER_S and not synth.sounding(), 5,
