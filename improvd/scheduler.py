@@ -13,13 +13,14 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import mido
 
 from improvd.errors import PortError
 from improvd.outbox import SETTLE, Outbox
-from improvd.reply import Reply
+from improvd.reply import Reply, Timed
 from improvd.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Scheduler:
         self._running = False
         self._thread: threading.Thread | None = None
         self.sounding: dict[int, set[int]] = {}  # channel -> notes we started (generated)
+        self._ahead: deque[Timed] = deque()  # generated, handed over early (lead_s), not yet due
         self.passed_through: dict[int, set[int]] = {}  # channel -> the player's echoed notes
 
     def start(self) -> None:
@@ -94,6 +96,8 @@ class Scheduler:
         if reply.cancel_after is None and not reply.release and not reply.messages and reply.settle_at is None:
             return
         with self._wake:
+            if reply.cancel_after is not None:
+                self._recall(reply.cancel_after)
             if self._queue.apply(reply):
                 self._release(self.sounding)
             self._wake.notify()
@@ -113,6 +117,7 @@ class Scheduler:
             self._queue.clear()
             self.sounding.clear()
             self.passed_through.clear()
+            self._ahead.clear()
 
     def alive(self) -> bool:
         """Whether the sending thread runs: the watchdog pings only while it does."""
@@ -123,10 +128,33 @@ class Scheduler:
             return len(self._queue)
 
     def _release(self, notes: dict[int, set[int]]) -> None:
+        if notes is self.sounding:
+            self._ahead.clear()  # released, so nothing of it is left to recall
         for channel, pitches in notes.items():
             for pitch in sorted(pitches):
                 self._send_now(mido.Message("note_off", channel=channel, note=pitch, velocity=0))
             pitches.clear()
+
+    def _recall(self, after: float) -> None:
+        """What a port was handed early cannot be called back: a note the engine takes back
+        (due after ``after``) that has already gone out is ended where it starts, so the
+        engine's view and the room's agree and nothing is left sounding."""
+        now = self.clock()
+        kept: deque[Timed] = deque()
+        for timed in self._ahead:
+            message = timed.message
+            if timed.time <= now:
+                continue  # it has sounded: the engine keeps it too
+            if timed.time > after and message.type == "note_on" and message.velocity > 0 \
+                    and message.note in self.sounding.get(message.channel, ()):
+                self._send_now(mido.Message("note_off", channel=message.channel, note=message.note, velocity=0), timed.time)
+                self.sounding[message.channel].discard(message.note)
+                self.telemetry.count("notes_recalled")
+            elif timed.time > after:
+                continue
+            else:
+                kept.append(timed)
+        self._ahead = kept
 
     def _settle(self) -> None:
         """An answer has ended: a generated note still sounding lost its release to a
@@ -181,6 +209,10 @@ class Scheduler:
                     self._send_now(timed.message, timed.time)
                     late = max(0.0, self.clock() - hand_over)
                     self._track(timed.message, timed.passthrough)
+                    if self.lead_s and not timed.passthrough:
+                        while self._ahead and self._ahead[0].time <= hand_over:
+                            self._ahead.popleft()  # sounded by now
+                        self._ahead.append(timed)
                 self.telemetry.record("output_lateness", late)
                 if timed.answer_deadline is not None:
                     self.telemetry.record("phrase_end_to_first_note", timed.time + late - timed.answer_deadline)

@@ -164,3 +164,24 @@ def test_an_answer_that_ends_with_a_note_on_whose_release_was_cancelled_releases
     assert notes.index(off(60)) > notes.index(off(67))  # at the answer's end, after its own releases
     assert off(64) not in notes[:notes.index(off(60)) + 1]
     assert scheduler.telemetry.snapshot()["counters"]["notes_left_at_answer_end"] == 1
+
+
+def test_a_note_handed_over_early_and_then_taken_back_is_ended_where_it_starts():
+    """A port that places messages at their frame gets them ``lead_s`` early, and what it
+    holds cannot be called back: a note_on the engine takes back after that gets its
+    note_off at the same time, so the room is left with nothing sounding."""
+    recorder = Recorder()
+    scheduler = started(recorder, lead_s=0.2)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now + 0.1, on(60)), Timed(now + 0.15, on(64)), Timed(now + 0.5, off(60)),
+                            Timed(now + 0.5, off(64))]))
+    assert wait_until(lambda: len(recorder.notes()) == 2)  # both note_ons handed over
+    # The engine keeps 60, takes 64 back, and goes on without it.
+    scheduler.submit(Reply([Timed(now + 0.5, off(60))], cancel_after=now + 0.12))
+    assert wait_until(lambda: off(60) in recorder.notes())
+    scheduler.stop()
+    with recorder.lock:
+        sent = [(m, at) for (_, m), at in zip(recorder.sent, recorder.due, strict=True) if m.type != "control_change"]
+    assert (off(64), now + 0.15) in sent  # ended at its own time, not after the answer
+    assert [m for m, _ in sent].count(off(64)) == 1 and [m for m, _ in sent].count(off(60)) == 1
+    assert scheduler.telemetry.snapshot()["counters"]["notes_recalled"] == 1
