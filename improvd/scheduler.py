@@ -147,7 +147,8 @@ class Scheduler:
                 continue  # it has sounded: the engine keeps it too
             if timed.time > after and message.type == "note_on" and message.velocity > 0 \
                     and message.note in self.sounding.get(message.channel, ()):
-                self._send_now(mido.Message("note_off", channel=message.channel, note=message.note, velocity=0), timed.time)
+                release = mido.Message("note_off", channel=message.channel, note=message.note, velocity=0)
+                self._send_now(release, timed.time)
                 self.sounding[message.channel].discard(message.note)
                 self.telemetry.count("notes_recalled")
             elif timed.time > after:
