@@ -94,6 +94,7 @@ def p90(values: list[float]) -> float:
 
 def test_answers_follow_jack_transport_its_tempo_changes_and_relocations_and_play_free_when_it_stops(
         jack: Jack, tmp_path: Path) -> None:
+    xruns = jack.xruns()
     band = Band(jack, bpm=100, peer="tests.transport_peer")
     to_ms = 1000 / band.rate
     results: dict[str, tuple[float, float, float, int]] = {}
@@ -102,6 +103,10 @@ def test_answers_follow_jack_transport_its_tempo_changes_and_relocations_and_pla
     try:
         with daemon(jack, tmp_path, engine=ON_THE_BAR) as improvd:
             improvd_in, improvd_out = improvd.ports()
+            # A DAW that both plays into improvd and records it makes a loop in JACK's graph,
+            # and JACK delays the connection that closes it by one period. Here that is the
+            # keys' (a phrase a period late changes nothing), so improvd's notes arrive where
+            # it put them; the other way round they arrive a period late (measured: 2.2-2.9 ms).
             jack.connect(improvd_out, f"{band.name}:in")
             jack.connect(f"{band.name}:keys", improvd_in)
             band.send("start")
@@ -134,8 +139,8 @@ def test_answers_follow_jack_transport_its_tempo_changes_and_relocations_and_pla
             step = run[-1][0] - run[-2][0]
             silence = SILENCE_MS * band.rate // 1000
             beats = extrapolated(run, stopped + 20 * band.rate)
-            start = next(b for b in beats if b + step // 2 - round(PHRASE_END_BEATS * step) - silence
-                         > stopped + 2 * band.rate) + step // 2 - round(PHRASE_END_BEATS * step) - silence
+            offset = step // 2 - round(PHRASE_END_BEATS * step) - silence  # from a beat to the phrase's start
+            start = next(b + offset for b in beats if b + offset > stopped + 2 * band.rate)
             time.sleep(1.0)
             _, last = play(band, start)
             onsets = answer_after(band, last)
@@ -145,8 +150,10 @@ def test_answers_follow_jack_transport_its_tempo_changes_and_relocations_and_pla
             log = improvd.log()
     finally:
         band.close()
-        (tmp_path / "peer.txt").write_text("\n".join(band.lines))
-    allowed = 5 + 2 * jack.period_s * 1000  # as for MIDI clock: the target, plus delivery through the rtmidi JACK port
+        (tmp_path / "peer.txt").write_text("\n".join(band.lines))  # what the peer saw, for a failure's reading
+    allowed = 5 + 2 * jack.period_s * 1000  # as with MIDI clock (test_beat_live): the target plus two periods
+    xruns = f"{jack.xruns() - xruns} JACK cycles overran meanwhile"
+    print(xruns)
     for step, (first, median, high, count) in results.items():
         print(f"{step}: first note {first:.2f} ms from the downbeat; onsets to the 1/16 grid p50 {median:.2f} ms, "
               f"p90 {high:.2f} ms ({count} notes; JACK period {jack.period_s * 1000:.2f} ms)")
@@ -154,11 +161,10 @@ def test_answers_follow_jack_transport_its_tempo_changes_and_relocations_and_pla
     for step, median in stale.items():
         print(f"{step}: the grid before the jump would have been p50 {median:.2f} ms off")
     print(f"stopped: first note {free_first:.2f} ms after the silence; onsets to the stopped grid "
-          f"p90 {free_grid:.2f} ms "
-          f"({len(onsets)} notes)")
+          f"p90 {free_grid:.2f} ms ({len(onsets)} notes)")
     for step, (first, _, high, _) in results.items():
-        assert first <= allowed, (step, results, log[-3000:])
-        assert high <= allowed, (step, results, log[-3000:])
+        assert first <= allowed, (step, results, xruns, log[-3000:])
+        assert high <= allowed, (step, results, xruns, log[-3000:])
     for step, median in stale.items():
         assert median > allowed, (step, "the relocation did not move the grid: nothing was tested", stale)
     # Free time: the answer begins on the silence (not a stale downbeat, at least half a beat later).

@@ -67,7 +67,7 @@ def main() -> None:
     listen = client.midi_inports.register("in")
     rate = client.samplerate
     tempo = TempoMap(rate, bpm)
-    state = {"transport": None, "first": None, "here": 0, "bpm": None, "locate": False}
+    state = {"transport": None, "first": None, "here": 0, "beat": None, "bpm": None, "locate": False}
     keys: list[tuple[int, bytes]] = []  # (frame, message), due order; written from the main thread under lock
     lock = threading.Lock()
     log: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -102,6 +102,7 @@ def main() -> None:
             jump = here - state["here"] - (first - state["first"] if state["transport"] == jack.ROLLING else 0)
             if abs(jump) > JUMP_PERIODS * frames:
                 log.put(f"locate {first}")
+                state["beat"] = None
         if transport != state["transport"]:
             log.put(f"{STATES.get(transport, 'stopped')} {first}")
         state.update(transport=transport, first=first, here=here)
@@ -112,12 +113,15 @@ def main() -> None:
             if state["locate"]:
                 state["locate"] = False
                 client.transport_locate(int(tempo.frame_at(tempo.beat_at(here) + LOCATE_BEATS)))
-            beat = math.ceil(tempo.beat_at(here))
+            # Every beat once, those of cycles this callback missed (a busy machine) too.
+            beat = math.ceil(tempo.beat_at(here)) if state["beat"] is None else state["beat"]
             while tempo.frame_at(beat) < here + frames:
-                at = tempo.frame_at(beat)
-                if at >= here:
-                    log.put(f"beat {first + round(at - here)} {beat // BEATS_PER_BAR + 1} {beat % BEATS_PER_BAR + 1}")
+                at = first + round(tempo.frame_at(beat) - here)
+                log.put(f"beat {at} {beat // BEATS_PER_BAR + 1} {beat % BEATS_PER_BAR + 1}")
                 beat += 1
+            state["beat"] = beat
+        else:
+            state["beat"] = None
         with lock:
             while keys and keys[0][0] < first + frames:
                 frame, data = keys.pop(0)
