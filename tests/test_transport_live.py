@@ -7,6 +7,7 @@ what arrives is where improvd's notes landed."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -88,8 +89,9 @@ def play(band: Band, at: int | None = None) -> tuple[int, int]:
 
 
 def p90(values: list[float]) -> float:
+    """The 90th percentile by nearest rank: of nine values or fewer, the largest."""
     ordered = sorted(values)
-    return ordered[int(0.9 * (len(ordered) - 1))]
+    return ordered[math.ceil(0.9 * len(ordered)) - 1]
 
 
 def test_answers_follow_jack_transport_its_tempo_changes_and_relocations_and_play_free_when_it_stops(
