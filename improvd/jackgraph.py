@@ -53,7 +53,7 @@ class Transport:
     beats_per_bar: float
     beat_type: float
     frame: int  # the transport's frame (the song's position), not JACK's frame time
-    at: float  # time.monotonic() of this position: the start of the cycle it is for
+    at: float  # time.monotonic() of this bar, beat and tick: its cycle's start, less any bbt_offset
 
 
 class JackClient:
@@ -203,7 +203,8 @@ class JackClient:
         """Tempo, bar and beat while a timebase master publishes them; else None. The position
         is the one at the start of the current cycle, so its time is that cycle's start (read
         again if a cycle began during the query), not the time of the query: a query up to a
-        period later, or later still on a busy machine, would put every beat that much late."""
+        period later, or later still on a busy machine, would put every beat that much late.
+        A master may publish the bar, beat and tick of a frame before the cycle (bbt_offset)."""
         if not self.alive:
             return None
         for _ in range(PAIR_TRIES):
@@ -216,7 +217,7 @@ class JackClient:
         return Transport(rolling=state == jack.ROLLING, bpm=position["beats_per_minute"], bar=position["bar"],
                          beat=position["beat"], tick=position["tick"], ticks_per_beat=position["ticks_per_beat"],
                          beats_per_bar=position["beats_per_bar"], beat_type=position["beat_type"],
-                         frame=position["frame"], at=self.time_of(cycle))
+                         frame=position["frame"], at=self.time_of((cycle - position.get("bbt_offset", 0)) & FRAME_MASK))
 
     def close(self) -> None:
         """Leave the graph. After a server shutdown the client is closed too (nothing to tell

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.test_beat_live import Band
 from tests.test_ports import ROOT, unique
 
@@ -48,8 +50,11 @@ def read_transport(jack: Jack) -> list[tuple[int, int, bool]]:
     return [(int(frame), int(beat), rolling == "1") for _, frame, beat, rolling in reads]
 
 
-def test_the_transport_read_places_the_masters_beats_at_their_frames_and_numbers(jack: Jack) -> None:
-    band = Band(jack, bpm=100, peer="tests.transport_peer")
+@pytest.mark.parametrize("offset", [0, 1000], ids=["bbt-of-the-cycle", "bbt-offset"])
+def test_the_transport_read_places_the_masters_beats_at_their_frames_and_numbers(jack: Jack, offset: int) -> None:
+    """``offset``: the master publishes the bar, beat and tick of that many frames before the
+    cycle, and says so (JACK's bbt_offset)."""
+    band = Band(jack, 100, "tests.transport_peer", str(offset))
     try:
         band.send("start")
         band.wait_line("rolling")

@@ -4,7 +4,10 @@ rolls, stops and relocates the transport, plays phrases from port ``keys`` and r
 arrives at port ``in``; every event stamped with its JACK frame, so that the master's own
 beats and improvd's answers are compared at the sample, whatever the machine's load.
 
-    python -m tests.transport_peer CLIENT BPM
+    python -m tests.transport_peer CLIENT BPM [OFFSET]
+
+With OFFSET, the bar, beat and tick published are those of OFFSET frames before the cycle,
+saying so (JACK's bbt_offset), as some masters do.
 
 stdin: "start", "stop" (the transport), "bpm X" (the tempo from the next beat on),
 "locate" (jump ahead a bar and an eighth of a beat), "play [FRAME]" (a short phrase from
@@ -62,6 +65,7 @@ class TempoMap:
 
 def main() -> None:
     client_name, bpm = sys.argv[1], float(sys.argv[2])
+    offset = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     client = jack.Client(client_name, no_start_server=True)
     keys_out = client.midi_outports.register("keys")
     listen = client.midi_inports.register("in")
@@ -75,13 +79,14 @@ def main() -> None:
     @client.set_timebase_callback
     def timebase(transport: int, blocksize: int, pos, new_pos: bool) -> None:
         """Bar, beat and tick of ``pos.frame`` (the cycle this position is for), from the map."""
-        beats = tempo.beat_at(pos.frame)
+        beats = tempo.beat_at(pos.frame - offset)
         whole = math.floor(beats)
-        pos.valid = jack._lib.JackPositionBBT
+        pos.valid = jack._lib.JackPositionBBT | (jack._lib.JackBBTFrameOffset if offset else 0)
+        pos.bbt_offset = offset
         pos.beats_per_bar = float(BEATS_PER_BAR)
         pos.beat_type = 4.0
         pos.ticks_per_beat = TICKS_PER_BEAT
-        pos.beats_per_minute = tempo.bpm_at(pos.frame)
+        pos.beats_per_minute = tempo.bpm_at(pos.frame - offset)
         pos.bar = whole // BEATS_PER_BAR + 1
         pos.beat = whole % BEATS_PER_BAR + 1
         pos.tick = min(int((beats - whole) * TICKS_PER_BEAT), int(TICKS_PER_BEAT) - 1)
