@@ -45,9 +45,10 @@ def runs(band: Band) -> list[list[tuple[int, int]]]:
     return [run for run in found if len(run) >= 2]
 
 
-def sixteenths(beats: list[int]) -> list[int]:
-    """The 1/16 grid between consecutive beats (a tempo changes on a beat)."""
-    return [round(a + k * (b - a) / 4) for a, b in zip(beats, beats[1:], strict=False) for k in range(4)]
+def sixteenths(beats: list[int], per_beat: int = 4) -> list[int]:
+    """The 1/16 grid between consecutive beats (a tempo changes on a beat): ``per_beat``
+    sixteenths to a beat (4 to a quarter note, 2 to an eighth)."""
+    return [round(a + k * (b - a) / per_beat) for a, b in zip(beats, beats[1:], strict=False) for k in range(per_beat)]
 
 
 def extrapolated(run: list[tuple[int, int]], until: int) -> list[int]:
@@ -172,6 +173,36 @@ def test_answers_follow_jack_transport_its_tempo_changes_and_relocations_and_pla
     # Free time: the answer begins on the silence (not a stale downbeat, at least half a beat later).
     assert -allowed <= free_first <= 150, (free_first, log[-3000:])
     assert len(onsets) < 4 or free_grid > allowed, (free_grid, log[-3000:])
+
+
+def test_answers_start_on_the_bar_of_a_six_eight_transport(jack: Jack, tmp_path: Path) -> None:
+    """6/8 at 180 eighths a minute (90 quarter notes): the master's beats are eighths, its
+    bars six of them; improvd's grid is in quarter notes, its sixteenths two to an eighth."""
+    band = Band(jack, 180, "tests.transport_peer", "0", "6/8")
+    to_ms = 1000 / band.rate
+    try:
+        with daemon(jack, tmp_path, engine=ON_THE_BAR) as improvd:
+            improvd_in, improvd_out = improvd.ports()
+            jack.connect(improvd_out, f"{band.name}:in")  # first: see the test above
+            jack.connect(f"{band.name}:keys", improvd_in)
+            band.send("start")
+            band.wait_line("rolling")
+            time.sleep(1.5)
+            _, last = play(band)
+            onsets = answer_after(band, last + SILENCE_MS * band.rate // 1000 - 2 * jack.period_frames)
+            run = runs(band)[-1]
+            assert improvd.stop() == 0
+            log = improvd.log()
+    finally:
+        band.close()
+    downbeats = [frame for frame, beat in run if beat == 1]
+    first = abs(nearest(onsets[0], downbeats)) * to_ms
+    grid = [abs(nearest(onset, sixteenths([frame for frame, _ in run], 2))) * to_ms for onset in onsets]
+    allowed = 5 + 2 * jack.period_s * 1000
+    print(f"6/8: first note {first:.2f} ms from the downbeat; onsets to the 1/16 grid p50 "
+          f"{statistics.median(grid):.2f} ms, p90 {p90(grid):.2f} ms ({len(grid)} notes)")
+    assert first <= allowed, (first, grid, log[-3000:])
+    assert p90(grid) <= allowed, (first, grid, log[-3000:])
 
 
 if __name__ == "__main__":

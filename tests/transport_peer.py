@@ -1,13 +1,14 @@
 """A DAW in miniature as JACK's timebase master: a JACK client process of its own that
-publishes bar, beat, tick and tempo (4/4) from a tempo map over the transport's frames,
+publishes bar, beat, tick, meter and tempo from a tempo map over the transport's frames,
 rolls, stops and relocates the transport, plays phrases from port ``keys`` and records what
 arrives at port ``in``; every event stamped with its JACK frame, so that the master's own
 beats and improvd's answers are compared at the sample, whatever the machine's load.
 
-    python -m tests.transport_peer CLIENT BPM [OFFSET]
+    python -m tests.transport_peer CLIENT BPM [OFFSET [METER]]
 
-With OFFSET, the bar, beat and tick published are those of OFFSET frames before the cycle,
-saying so (JACK's bbt_offset), as some masters do.
+BPM counts the meter's beats (4/4 unless METER says, e.g. 6/8: eighths). With OFFSET, the
+bar, beat and tick published are those of OFFSET frames before the cycle, saying so (JACK's
+bbt_offset), as some masters do.
 
 stdin: "start", "stop" (the transport), "bpm X" (the tempo from the next beat on),
 "locate" (jump ahead a bar and an eighth of a beat), "play [FRAME]" (a short phrase from
@@ -27,13 +28,12 @@ import threading
 
 import jack
 
-# (beat offset, beats held, pitch): four notes up, a quarter note apart.
+# (beat offset, beats held, pitch): four notes up, a beat apart.
 PHRASE = [(0.0, 0.5, 60), (1.0, 0.5, 64), (2.0, 0.5, 67), (3.0, 0.75, 72)]
-BEATS_PER_BAR = 4
 TICKS_PER_BEAT = 1920.0  # Ardour's
 STATES = {jack.ROLLING: "rolling", jack.STARTING: "starting"}
 JUMP_PERIODS = 8
-LOCATE_BEATS = BEATS_PER_BAR + 0.125  # a bar and half a sixteenth: the grid moves half a step
+LOCATE_BEATS = 4.125  # in 4/4 a bar and half a sixteenth: the grid moves half a step
 
 
 class TempoMap:
@@ -65,7 +65,8 @@ class TempoMap:
 
 def main() -> None:
     client_name, bpm = sys.argv[1], float(sys.argv[2])
-    offset = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    bbt_offset = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    beats_per_bar, beat_type = (int(n) for n in (sys.argv[4] if len(sys.argv) > 4 else "4/4").split("/"))
     client = jack.Client(client_name, no_start_server=True)
     keys_out = client.midi_outports.register("keys")
     listen = client.midi_inports.register("in")
@@ -79,18 +80,18 @@ def main() -> None:
     @client.set_timebase_callback
     def timebase(transport: int, blocksize: int, pos, new_pos: bool) -> None:
         """Bar, beat and tick of ``pos.frame`` (the cycle this position is for), from the map."""
-        beats = tempo.beat_at(pos.frame - offset)
+        beats = tempo.beat_at(pos.frame - bbt_offset)
         whole = math.floor(beats)
-        pos.valid = jack._lib.JackPositionBBT | (jack._lib.JackBBTFrameOffset if offset else 0)
-        pos.bbt_offset = offset
-        pos.beats_per_bar = float(BEATS_PER_BAR)
-        pos.beat_type = 4.0
+        pos.valid = jack._lib.JackPositionBBT | (jack._lib.JackBBTFrameOffset if bbt_offset else 0)
+        pos.bbt_offset = bbt_offset
+        pos.beats_per_bar = float(beats_per_bar)
+        pos.beat_type = float(beat_type)
         pos.ticks_per_beat = TICKS_PER_BEAT
-        pos.beats_per_minute = tempo.bpm_at(pos.frame - offset)
-        pos.bar = whole // BEATS_PER_BAR + 1
-        pos.beat = whole % BEATS_PER_BAR + 1
+        pos.beats_per_minute = tempo.bpm_at(pos.frame - bbt_offset)
+        pos.bar = whole // beats_per_bar + 1
+        pos.beat = whole % beats_per_bar + 1
         pos.tick = min(int((beats - whole) * TICKS_PER_BEAT), int(TICKS_PER_BEAT) - 1)
-        pos.bar_start_tick = (pos.bar - 1) * BEATS_PER_BAR * TICKS_PER_BEAT
+        pos.bar_start_tick = (pos.bar - 1) * beats_per_bar * TICKS_PER_BEAT
 
     @client.set_process_callback
     def process(frames: int) -> None:
@@ -122,7 +123,7 @@ def main() -> None:
             beat = math.ceil(tempo.beat_at(here)) if state["beat"] is None else state["beat"]
             while tempo.frame_at(beat) < here + frames:
                 at = first + round(tempo.frame_at(beat) - here)
-                log.put(f"beat {at} {beat // BEATS_PER_BAR + 1} {beat % BEATS_PER_BAR + 1}")
+                log.put(f"beat {at} {beat // beats_per_bar + 1} {beat % beats_per_bar + 1}")
                 beat += 1
             state["beat"] = beat
         else:
