@@ -271,7 +271,8 @@ class Daemon:
         position = self.session.transport()
         if position is not None and position.rolling:
             beat.set_tempo(TempoMap.of_transport(position.bpm, position.bar, position.beat, position.tick,
-                                                 position.ticks_per_beat, position.beats_per_bar, position.at),
+                                                 position.ticks_per_beat, position.beats_per_bar, position.at,
+                                                 position.beat_type),
                            TRANSPORT_SOURCE)
         elif beat.fixed is not None and beat.fixed[1] == TRANSPORT_SOURCE:
             beat.set_tempo(None)

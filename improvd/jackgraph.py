@@ -41,7 +41,8 @@ PAIR_TRIES = 5
 
 @dataclass(frozen=True)
 class Transport:
-    """JACK transport, as the timebase master (a DAW) publishes it: bar and beat count from 1."""
+    """JACK transport, as the timebase master (a DAW) publishes it: bar and beat count from 1,
+    in beats of 1/``beat_type`` notes, ``bpm`` of them a minute."""
 
     rolling: bool
     bpm: float
@@ -50,8 +51,9 @@ class Transport:
     tick: int
     ticks_per_beat: float
     beats_per_bar: float
-    frame: int
-    at: float  # time.monotonic() of this position
+    beat_type: float
+    frame: int  # the transport's frame (the song's position), not JACK's frame time
+    at: float  # time.monotonic() of this bar, beat and tick: its cycle's start, less any bbt_offset
 
 
 class JackClient:
@@ -198,15 +200,24 @@ class JackClient:
         return port
 
     def transport(self) -> Transport | None:
-        """Tempo, bar and beat while a timebase master publishes them; else None."""
+        """Tempo, bar and beat while a timebase master publishes them; else None. The position
+        is the one at the start of the current cycle, so its time is that cycle's start (read
+        again if a cycle began during the query), not the time of the query: a query up to a
+        period later, or later still on a busy machine, would put every beat that much late.
+        A master may publish the bar, beat and tick of a frame before the cycle (bbt_offset)."""
         if not self.alive:
             return None
-        state, position = self.client.transport_query()
+        for _ in range(PAIR_TRIES):
+            cycle = self.client.last_frame_time
+            state, position = self.client.transport_query()
+            if self.client.last_frame_time == cycle:
+                break
         if "beats_per_minute" not in position:
             return None
         return Transport(rolling=state == jack.ROLLING, bpm=position["beats_per_minute"], bar=position["bar"],
                          beat=position["beat"], tick=position["tick"], ticks_per_beat=position["ticks_per_beat"],
-                         beats_per_bar=position["beats_per_bar"], frame=position["frame"], at=time.monotonic())
+                         beats_per_bar=position["beats_per_bar"], beat_type=position["beat_type"],
+                         frame=position["frame"], at=self.time_of((cycle - position.get("bbt_offset", 0)) & FRAME_MASK))
 
     def close(self) -> None:
         """Leave the graph. After a server shutdown the client is closed too (nothing to tell

@@ -27,13 +27,14 @@ BEAT = {"answer_start": "beat", "quantize": 1.0, "grid": "1/16", "silence_ms": 3
 
 
 class Band:
-    """tests/clock_peer.py as a subprocess: clock out, keys out, and a recording input."""
+    """tests/clock_peer.py (or ``peer``, another speaking its protocol) as a subprocess: clock
+    out, keys out, and a recording input."""
 
-    def __init__(self, jack: Jack, bpm: float) -> None:
+    def __init__(self, jack: Jack, bpm: float, peer: str = "tests.clock_peer", *args: str) -> None:
         self.name = unique("band")
         self.lines: list[str] = []
         self.changed = threading.Condition()
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.clock_peer", self.name, str(bpm)],
+        self.process = subprocess.Popen([sys.executable, "-m", peer, self.name, str(bpm), *args],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=jack.env,
                                         cwd=ROOT)
         threading.Thread(target=self._read, daemon=True).start()
