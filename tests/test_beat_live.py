@@ -5,6 +5,7 @@ the receiver sent is the grid, and what arrives is where improvd's notes landed.
 
 from __future__ import annotations
 
+import math
 import statistics
 import subprocess
 import sys
@@ -107,7 +108,9 @@ def answer_after(band: Band, since: int, timeout: float = 15.0) -> list[int]:
     raise AssertionError(f"no complete answer after frame {since}: {band.onsets(since)}")
 
 
-def test_answers_start_on_the_beat_on_the_sixteenth_grid_and_follow_a_tempo_change(jack: Jack, tmp_path: Path) -> None:
+def measure(jack: Jack, tmp_path: Path) -> tuple[dict[int, tuple[float, float, float, int]], str]:
+    """Per tempo: (first note to the beat, onsets to the 1/16 grid p90 and p50 in ms, notes),
+    and improvd's log."""
     band = Band(jack, bpm=100)
     try:
         with daemon(jack, tmp_path, engine=BEAT) as improvd:
@@ -131,17 +134,34 @@ def test_answers_start_on_the_beat_on_the_sixteenth_grid_and_follow_a_tempo_chan
                 to_ms = 1000 / band.rate
                 first = abs(nearest(onsets[0], beats)) * to_ms
                 grid = sorted(abs(nearest(f, sixteenths)) * to_ms for f in onsets)
-                results[bpm] = (first, grid[int(0.9 * (len(grid) - 1))], statistics.median(grid), len(grid))
+                results[bpm] = (first, grid[math.ceil(0.9 * len(grid)) - 1], statistics.median(grid), len(grid))
             assert improvd.stop() == 0
-            log = improvd.log()
+            return results, improvd.log()
     finally:
         band.close()
-    allowed = 5 + 2 * jack.period_s * 1000  # the target, plus delivery through today's rtmidi JACK port
-    for bpm, (first, p90, median, count) in results.items():
-        print(f"{bpm} bpm: first note {first:.2f} ms from the beat; onsets to the 1/16 grid p50 {median:.2f} ms, "
-              f"p90 {p90:.2f} ms ({count} notes; JACK period {jack.period_s * 1000:.2f} ms)")
-        assert first <= allowed, (bpm, results, log[-3000:])
-        assert p90 <= allowed, (bpm, results, log[-3000:])
+
+
+def test_answers_start_on_the_beat_on_the_sixteenth_grid_and_follow_a_tempo_change(jack: Jack, tmp_path: Path) -> None:
+    """Measured again once when JACK overran meanwhile: an overrun drops or repeats MIDI
+    events at any client, clock and phrase included."""
+    # The target, plus one period of JACK's delay on the loop's last connection (the band
+    # hears improvd a cycle late) and one of slack.
+    allowed = 5 + 2 * jack.period_s * 1000
+    for attempt in (1, 2):
+        xruns = jack.xruns()
+        (tmp_path / f"try{attempt}").mkdir()
+        results, log = measure(jack, tmp_path / f"try{attempt}")
+        overran = jack.xruns() - xruns
+        for bpm, (first, p90, median, count) in results.items():
+            print(f"{bpm} bpm: first note {first:.2f} ms from the beat; onsets to the 1/16 grid p50 {median:.2f} "
+                  f"ms, p90 {p90:.2f} ms ({count} notes; JACK period {jack.period_s * 1000:.2f} ms; "
+                  f"{overran} overruns)")
+        on_time = all(first <= allowed and p90 <= allowed for first, p90, _, _ in results.values())
+        if on_time or not overran:
+            break
+    for bpm, (first, p90, _, _) in results.items():
+        assert first <= allowed, (bpm, results, f"{overran} overruns", log[-3000:])
+        assert p90 <= allowed, (bpm, results, f"{overran} overruns", log[-3000:])
 
 
 if __name__ == "__main__":
