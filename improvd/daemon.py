@@ -135,13 +135,14 @@ class Inbox:
 
     def take(self, timeout: float, limit: int) -> list[tuple[float, mido.Message]]:
         """Up to ``limit`` messages, oldest first; a flood is worked off between polls so
-        generation keeps up with the output schedule. New notes older than MAX_LAG_S are
-        dropped (counted): under a flood, the state follows the player, not the backlog."""
+        generation keeps up with the output schedule. While more than ``limit`` wait, new
+        notes older than MAX_LAG_S are dropped (counted): under a flood, the state follows
+        the player, not the backlog. A phrase that waited through a busy moment is kept."""
         with self.ready:
             if not self.items and timeout > 0:
                 self.ready.wait(timeout)
             taken = []
-            stale = time.monotonic() - MAX_LAG_S
+            stale = time.monotonic() - MAX_LAG_S if len(self.items) > limit else -float("inf")
             while self.items and len(taken) < limit:
                 arrival, message = self.items.popleft()
                 if arrival < stale and message.type == "note_on" and message.velocity > 0:
