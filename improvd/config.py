@@ -118,7 +118,7 @@ class SamplerConfig:
     weight_density: float = setting(1.0, ge=0)
     weight_dynamics: float = setting(0.08, ge=0)
     weight_rhythm: float = setting(1.0, ge=0)
-    weight_note_length: float = setting(0.5, ge=0)
+    weight_note_length: float = setting(1.0, ge=0)
     weight_texture: float = setting(1.0, ge=0)
 
 
