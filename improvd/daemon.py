@@ -42,6 +42,7 @@ TRANSPORT_INTERVAL_S = 0.25  # JACK transport read this often: tempo changes fol
 STATUS_INTERVAL_S = 5.0  # STATUS= for `systemctl status`, resent only when it changed
 RELEASE_TYPES = ("note_off", "control_change")  # kept under load: they end notes
 INPUT_BATCH = 32  # input messages folded between two generation polls
+GENERATE_STEPS = 16  # events generated per loop turn: the first ones go out while the rest are made
 MAX_LAG_S = 0.1  # a queued new note older than this is dropped
 SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms GIL slice would make the scheduler late
 
@@ -194,7 +195,7 @@ class Daemon:
             # The seed is folded in as if just played, ending now: the engine's stream must open
             # before its first note, or every message would be clamped to one instant.
             self.engine = build_engine(self.config, self.model, time.monotonic() - (seed[-1][0] if seed else 0.0),
-                                       handed_over_s=self.session.lead_s)
+                                       handed_over_s=self.session.lead_s, generate_steps=GENERATE_STEPS)
             realtime = self.config.service.realtime_priority if self.config.service.realtime else 0
             self.scheduler = Scheduler(self.session.send, self.telemetry, realtime_priority=realtime,
                                        lead_s=self.session.lead_s)
@@ -333,7 +334,8 @@ class Daemon:
         self.scheduler.release_all()
         changes = changed_settings(self.config, config)
         self.config, self.model = config, model
-        self.engine = build_engine(config, model, time.monotonic(), handed_over_s=self.session.lead_s)
+        self.engine = build_engine(config, model, time.monotonic(), handed_over_s=self.session.lead_s,
+                                   generate_steps=GENERATE_STEPS)
         log.info("reloaded %s (model %s): %s", config.source, config.model.path,
                  ", ".join(changes) or "no setting changed")
         self.notifier.ready(self.status())

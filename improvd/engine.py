@@ -54,11 +54,13 @@ class Engine:
     ``clock`` measures the candidates' compute time; ``candidate_steps`` is how far they
     go per poll (offline, with no clock to race, as far as they need). ``handed_over_s``:
     how far ahead of ``now`` output is already out of the scheduler's hands (a port that
-    places messages at their frame gets them that early), so it counts as heard."""
+    places messages at their frame gets them that early), so it counts as heard.
+    ``generate_steps``: at most this many events generated per poll (live: the first ones are
+    queued while the rest of the lookahead is still to come; None: the whole lookahead)."""
 
     def __init__(self, model: StepModel, config: Config, rng: np.random.Generator, now: float, *,
                  clock: Callable[[], float], candidate_steps: int = CANDIDATE_STEPS,
-                 handed_over_s: float = 0.0) -> None:
+                 handed_over_s: float = 0.0, generate_steps: int | None = None) -> None:
         self.config = config
         self.handed_over_s = handed_over_s
         self.live = Live.of(config)
@@ -76,7 +78,7 @@ class Engine:
                              self.memory)
         self.voice = Voice(self.stream, self.sampler, self.counters, self.live, self.beat)
         self.turns = Turns(config.engine, self.live, self.counters, self.stream, self.voice, self.phrase,
-                           self.candidates)
+                           self.candidates, generate_steps)
         self.turns.fold(self.stream.encoder.advance(now))
 
     # ---- what the daemon calls ---------------------------------------------------------

@@ -30,8 +30,9 @@ class Turns:
     generation that keeps ahead of ``now``, and the take-back and stop when the player returns."""
 
     def __init__(self, config: EngineConfig, live: Live, counters: Counts, stream: Stream, voice: Voice,
-                 phrase: Phrase, candidates: Candidates) -> None:
+                 phrase: Phrase, candidates: Candidates, generate_steps: int | None = None) -> None:
         self.config, self.live, self.counters = config, live, counters
+        self.generate_steps = generate_steps
         self.stream, self.voice, self.phrase, self.candidates = stream, voice, phrase, candidates
 
     @property
@@ -61,7 +62,7 @@ class Turns:
         if self.voice.answering or self.live.mode == "duet":
             answering = self.voice.answering
             self.voice.resume_no_sooner_than(now + REACTION_S)
-            reply.messages += self.voice.generate_until(now + self.lookahead)
+            reply.messages += self.voice.generate_until(now + self.lookahead, self.generate_steps)
             if answering and not self.voice.answering:
                 reply.settle_at = self.voice.time
         return reply

@@ -84,16 +84,19 @@ class Voice:
         for token in vocab.time_shift_tokens(gap):
             self._emit(token)
 
-    def generate_until(self, until: float) -> list[Timed]:
-        """Events up to stream time ``until``, or to the answer's end (its notes released)."""
+    def generate_until(self, until: float, steps: int | None = None) -> list[Timed]:
+        """Events up to stream time ``until``, or to the answer's end (its notes released);
+        at most ``steps`` sampled, when given (the rest at the next call)."""
         messages: list[Timed] = []
+        sampled = 0
         while True:
             time = self.stream.time
             if self.answering and time + self.offset >= self.plan.answer_end - 1e-9:
                 messages += self._finish()
                 break
-            if time >= until:
+            if time >= until or (steps is not None and sampled >= steps):
                 break
+            sampled += 1
             line = self.stream.line
             grammar = self._grammar()
             opening = line.note_first  # the answer's first note carries its deadline

@@ -81,11 +81,12 @@ def configure(**settings) -> Config:
 
 
 def make_engine(random_seed: int = 7, model_class=StepModel, now: float = 0.0,
-                candidate_steps: int = CANDIDATE_STEPS, handed_over_s: float = 0.0, **settings) -> Engine:
+                candidate_steps: int = CANDIDATE_STEPS, handed_over_s: float = 0.0, generate_steps: int | None = None,
+                **settings) -> Engine:
     """An engine on the shipped model with the production defaults but for ``settings``."""
     model = model_class(MODEL_PATH, device="cpu")
     return Engine(model, configure(**settings), np.random.default_rng(random_seed), now, clock=time.perf_counter,
-                  candidate_steps=candidate_steps, handed_over_s=handed_over_s)
+                  candidate_steps=candidate_steps, handed_over_s=handed_over_s, generate_steps=generate_steps)
 
 
 def replay(tokens: list[int]) -> State:

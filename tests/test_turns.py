@@ -22,3 +22,23 @@ def test_duet_never_schedules_output_before_it_can_exist(offset):
             assert all(m.time >= at + turns.REACTION_S - 1e-9 for m in fresh.messages), (at, fresh.messages)
             room.submit(fresh)
     assert not room.problems
+
+
+def test_a_live_poll_generates_a_few_events_and_the_next_ones_go_on_from_there():
+    """Live, each poll generates at most ``generate_steps`` events, so the first ones can be
+    queued while the rest of the lookahead is made: polled again at once, the engine plays
+    exactly what one poll of the whole lookahead plays."""
+    whole = make_engine(mode="duet", lookahead_ms=400, seed=5)
+    chunked = make_engine(mode="duet", lookahead_ms=400, seed=5, generate_steps=3)
+    now = 1.0
+    for eng in (whole, chunked):
+        eng.on_message(note("note_on", 60), now, now)
+    expected = [(m.time, m.message) for m in whole.poll(now).messages if not m.passthrough]
+    got, polls = [], 0
+    while True:
+        fresh = [m for m in chunked.poll(now).messages if not m.passthrough]
+        polls += 1
+        if not fresh and chunked.stream.time >= now + 0.4:
+            break
+        got += [(m.time, m.message) for m in fresh]
+    assert got == expected and len(expected) > 3 and polls > 2
