@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.ma  # noqa: F401 - np.median loads it on first use: 20 ms in the first answer's search
 
 from improvd import vocab
 from improvd.config import Live, SamplerConfig
