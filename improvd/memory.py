@@ -53,6 +53,7 @@ REGISTER_MIN_SEMITONES = 4.0
 # the player. 0.85 leans towards the player: on validation primers its answers come as close to
 # the player's phrase as the performer's own next bars, and 3-8 % of their shapes echo it.
 STRENGTH = 0.85
+FITTED_STRENGTH = 0.5  # the strength at which the adaptive weight is the fitted logistic itself
 # The adaptive weight's coefficients over weight_features (bias, order, log2(1 + count), escape),
 # fitted on 30 validation pieces as `python -m improvd_train.evaluate` fits (and prints) them.
 ADAPTIVE = (0.59, 0.56, -0.18, -6.43)
@@ -337,7 +338,7 @@ def adaptive_weight(order: np.ndarray, escape: np.ndarray, count: np.ndarray, st
     bias, per_order, per_count, per_escape = coefficients  # over weight_features, term by term (fast)
     order, escape, count = (np.asarray(a, float) for a in (order, escape, count))
     base = 1 / (1 + np.exp(-(bias + per_order * order + per_count * np.log2(1 + count) + per_escape * escape)))
-    share = base ** (np.log(strength) / np.log(0.5)) if strength < 1 else np.ones_like(base)
+    share = base ** (np.log(strength) / np.log(FITTED_STRENGTH)) if strength < 1 else np.ones_like(base)
     return np.where(np.asarray(order) >= 0, share, 0.0)
 
 

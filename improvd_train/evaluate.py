@@ -357,7 +357,7 @@ def memory_report(onnx_path: Path, validation: list[np.ndarray], test: list[np.n
         "memory alone": [-np.log2(f[:, 0]) for f in features],
         f"fixed weight {fixed:.2f}": [mixed_bits(b, f, fixed) for b, f in zip(test_losses, features, strict=True)],
         "adaptive weight": [mixed_bits(b, f, memory.adaptive_weight(f[:, 1], f[:, 2], f[:, 3],
-                                                                    coefficients=coefficients))
+                                                                    memory.FITTED_STRENGTH, coefficients))
                             for b, f in zip(test_losses, features, strict=True)],
     }
     table = {name: by_groups(bits_, test, test_sources) for name, bits_ in rows.items()}
@@ -488,8 +488,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--midi", type=Path, metavar="DIR",
                         help="only this: bits/event of every MIDI file in DIR (each a piece), model alone "
                              "and with the player memory")
-    parser.add_argument("--memory-strength", type=float, default=memory.STRENGTH,
-                        help="with --midi: the memory's strength (0 = model alone .. 1 = memory alone)")
+    parser.add_argument("--memory-strength", type=float, default=memory.FITTED_STRENGTH,
+                        help="with --midi: the memory's strength (0 = model alone .. 1 = memory alone; "
+                             "default: the fitted weight)")
     args = parser.parse_args(argv)
     if args.midi:
         midi_folder(Path(args.model), args.midi, args.memory_strength)

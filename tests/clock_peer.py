@@ -19,6 +19,8 @@ import threading
 
 import jack
 
+from tests import GIL_SLICE_S
+
 # (beat offset, beats held, pitch): four notes up, a quarter note apart.
 PHRASE = [(0.0, 0.5, 60), (1.0, 0.5, 64), (2.0, 0.5, 67), (3.0, 0.75, 72)]
 
@@ -89,4 +91,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.setswitchinterval(GIL_SLICE_S)
     main()

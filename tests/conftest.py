@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from pathlib import Path
 
 import pytest
 
+from tests import GIL_SLICE_S
+
 # The dummy backend's clock: 128 frames at 48 kHz is a 2.7 ms period (.ci/run uses the same).
 # Realtime where allowed (root, or an rtprio limit; elsewhere jackd says so and runs
 # without): measured on a 2-core machine with both cores busy, a --no-realtime server
 # overran about three times as many cycles during this suite, and an overrun repeats or
 # drops MIDI events. IMPROVD_TEST_JACKD replaces these arguments.
+sys.setswitchinterval(GIL_SLICE_S)  # for the JACK clients the tests run in this process
 JACKD_ARGS = os.environ.get("IMPROVD_TEST_JACKD", "--realtime -d dummy -r 48000 -p 128").split()
 SERVER_NAMES = [f"improvd-test-{i}" for i in range(4)]  # fixed: jackd reclaims a dead server's slot by name
 START_TIMEOUT_S = 10.0

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import jack
 import mido
 
+from tests import GIL_SLICE_S
+
 # C major arpeggio up and down: (onset s, length s, pitch), about half a second long.
 PHRASE = [(0.00, 0.07, 60), (0.08, 0.07, 64), (0.16, 0.07, 67), (0.24, 0.07, 72), (0.32, 0.07, 67),
           (0.40, 0.10, 64)]
@@ -147,4 +149,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.setswitchinterval(GIL_SLICE_S)
     main()

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from improvd.memory import STRENGTH
 from improvd.notify import Notifier, watchdog_interval
 from tests.service_helpers import (
     STOP_DEADLINE_S,
@@ -133,7 +134,7 @@ def test_daemon_speaks_the_protocol_ready_watchdog_status_stopping(jack, tmp_pat
         assert model_at < ports_at < ready_at
         assert "mode call-response" in ready["STATUS"]
         assert "'improvd in'" in ready["STATUS"] and "'improvd out'" in ready["STATUS"]
-        assert "memory 0.70 (0 events)" in ready["STATUS"]  # the memory's strength, and nothing learnt yet
+        assert f"memory {STRENGTH:.2f} (0 events)" in ready["STATUS"]  # the default strength, nothing learnt yet
 
         # Under journald (JOURNAL_STREAM set), no timestamps of our own.
         assert lines and not any(TIMESTAMP.match(line) for line in lines)

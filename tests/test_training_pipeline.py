@@ -494,9 +494,9 @@ def test_mixing_weights_fit_where_the_memory_knows():
     fixed = evaluate.fit_fixed_weight(model_bits, features)
     assert 0 < fixed < 1
     coefficients = evaluate.fit_adaptive_weight(model_bits, features)
-    from improvd.memory import adaptive_weight
+    from improvd.memory import FITTED_STRENGTH, adaptive_weight
 
-    weights = adaptive_weight(features[:, 1], features[:, 2], features[:, 3], coefficients=coefficients)
+    weights = adaptive_weight(features[:, 1], features[:, 2], features[:, 3], FITTED_STRENGTH, coefficients)
     assert weights[sure].min() > 0.8 and weights[~sure].max() < 0.2
     adaptive = evaluate.mixed_bits(model_bits, features, weights).mean()
     assert adaptive < evaluate.mixed_bits(model_bits, features, fixed).mean() < model_bits.mean()
