@@ -13,81 +13,48 @@ stdin: "start" (Start, then clock from beat 0), "bpm X" (the tempo from the next
 
 from __future__ import annotations
 
-import queue
 import sys
-import threading
-
-import jack
 
 from tests import GIL_SLICE_S
-
-# (beat offset, beats held, pitch): four notes up, a quarter note apart.
-PHRASE = [(0.0, 0.5, 60), (1.0, 0.5, 64), (2.0, 0.5, 67), (3.0, 0.75, 72)]
+from tests.daw_peer import DawPeer
 
 
 def main() -> None:
     client_name, bpm = sys.argv[1], float(sys.argv[2])
-    client = jack.Client(client_name, no_start_server=True)
+    daw = DawPeer(client_name)
+    client, rate = daw.client, daw.rate
     clock_out = client.midi_outports.register("clock")
-    keys_out = client.midi_outports.register("keys")
-    listen = client.midi_inports.register("in")
-    rate = client.samplerate
-    state = {"period": rate * 60 / bpm / 24, "next": None, "start": False, "clocks": 0}
-    keys: list[tuple[int, bytes]] = []  # (frame, message), due order; written from the main thread under lock
-    lock = threading.Lock()
-    log: queue.SimpleQueue[str] = queue.SimpleQueue()
+    state = {"period": rate * 60 / bpm / 24, "next": None, "start": False}
 
     @client.set_process_callback
     def process(frames: int) -> None:
         first = client.last_frame_time
         clock_out.clear_buffer()
-        keys_out.clear_buffer()
-        for offset, data in listen.incoming_midi_events():
-            log.put(f"in {first + offset} {bytes(data).hex()}")
+        daw.keys_out.clear_buffer()
+        daw.hear(first)
         if state["start"]:
             state["start"] = False
             clock_out.write_midi_event(0, b"\xfa")
-            log.put(f"start {first}")
+            daw.log.put(f"start {first}")
             state["next"] = float(first)
         while state["next"] is not None and state["next"] < first + frames:
             frame = int(state["next"])
             clock_out.write_midi_event(max(0, frame - first), b"\xf8")
-            log.put(f"clock {max(frame, first)}")
+            daw.log.put(f"clock {max(frame, first)}")
             state["next"] += state["period"]
-        with lock:
-            while keys and keys[0][0] < first + frames:
-                frame, data = keys.pop(0)
-                keys_out.write_midi_event(max(0, frame - first), data)
-                log.put(f"sent {max(frame, first)} {data.hex()}")
+        daw.play_due(first, frames)
 
-    def printer() -> None:
-        while True:
-            sys.stdout.write(log.get() + "\n")
-            sys.stdout.flush()
+    def start(_: list[str]) -> None:
+        state["start"] = True
 
-    threading.Thread(target=printer, daemon=True).start()
-    with client:
-        sys.stdout.write(f"ready {rate}\n")
-        sys.stdout.flush()
-        for line in sys.stdin:
-            command = line.split()
-            if not command:
-                continue
-            if command[0] == "start":
-                state["start"] = True
-            elif command[0] == "bpm":
-                state["period"] = rate * 60 / float(command[1]) / 24
-            elif command[0] == "play":
-                beat = state["period"] * 24
-                begin = (state["next"] or client.frame_time) + beat  # about a beat from now
-                events = []
-                for on, held, pitch in PHRASE:
-                    events.append((int(begin + on * beat), bytes([0x90, pitch, 80])))
-                    events.append((int(begin + (on + held) * beat), bytes([0x80, pitch, 0])))
-                with lock:
-                    keys.extend(sorted(events))
-            elif command[0] == "quit":
-                break
+    def tempo(args: list[str]) -> None:
+        state["period"] = rate * 60 / float(args[0]) / 24
+
+    def play(_: list[str]) -> None:
+        beat = state["period"] * 24
+        daw.phrase((state["next"] or client.frame_time) + beat, beat)  # about a beat from now
+
+    daw.serve({"start": start, "bpm": tempo, "play": play})
 
 
 if __name__ == "__main__":

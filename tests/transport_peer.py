@@ -22,16 +22,13 @@ BEAT" for every beat the rolling transport passes (as published: bar and beat fr
 from __future__ import annotations
 
 import math
-import queue
 import sys
-import threading
 
 import jack
 
 from tests import GIL_SLICE_S
+from tests.daw_peer import DawPeer
 
-# (beat offset, beats held, pitch): four notes up, a beat apart.
-PHRASE = [(0.0, 0.5, 60), (1.0, 0.5, 64), (2.0, 0.5, 67), (3.0, 0.75, 72)]
 TICKS_PER_BEAT = 1920.0  # Ardour's
 STATES = {jack.ROLLING: "rolling", jack.STARTING: "starting"}
 JUMP_PERIODS = 8
@@ -69,15 +66,10 @@ def main() -> None:
     client_name, bpm = sys.argv[1], float(sys.argv[2])
     bbt_offset = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     beats_per_bar, beat_type = (int(n) for n in (sys.argv[4] if len(sys.argv) > 4 else "4/4").split("/"))
-    client = jack.Client(client_name, no_start_server=True)
-    keys_out = client.midi_outports.register("keys")
-    listen = client.midi_inports.register("in")
-    rate = client.samplerate
-    tempo = TempoMap(rate, bpm)
+    daw = DawPeer(client_name)
+    client, log = daw.client, daw.log
+    tempo = TempoMap(daw.rate, bpm)
     state = {"transport": None, "first": None, "here": 0, "beat": None, "bpm": None, "locate": False}
-    keys: list[tuple[int, bytes]] = []  # (frame, message), due order; written from the main thread under lock
-    lock = threading.Lock()
-    log: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     @client.set_timebase_callback
     def timebase(transport: int, blocksize: int, pos, new_pos: bool) -> None:
@@ -98,9 +90,8 @@ def main() -> None:
     @client.set_process_callback
     def process(frames: int) -> None:
         first = client.last_frame_time
-        keys_out.clear_buffer()
-        for offset, data in listen.incoming_midi_events():
-            log.put(f"in {first + offset} {bytes(data).hex()}")
+        daw.keys_out.clear_buffer()
+        daw.hear(first)
         transport, pos = client.transport_query_struct()
         rolling, here = transport == jack.ROLLING, pos.frame
         if state["first"] is not None:
@@ -130,44 +121,20 @@ def main() -> None:
             state["beat"] = beat
         else:
             state["beat"] = None
-        with lock:
-            while keys and keys[0][0] < first + frames:
-                frame, data = keys.pop(0)
-                keys_out.write_midi_event(max(0, frame - first), data)
-                log.put(f"sent {max(frame, first)} {data.hex()}")
+        daw.play_due(first, frames)
 
-    def printer() -> None:
-        while True:
-            sys.stdout.write(log.get() + "\n")
-            sys.stdout.flush()
+    def bpm_from_next_beat(args: list[str]) -> None:
+        state["bpm"] = float(args[0])
 
-    threading.Thread(target=printer, daemon=True).start()
-    with client:
-        sys.stdout.write(f"ready {rate}\n")
-        sys.stdout.flush()
-        for line in sys.stdin:
-            command = line.split()
-            if not command:
-                continue
-            if command[0] == "start":
-                client.transport_start()
-            elif command[0] == "stop":
-                client.transport_stop()
-            elif command[0] == "bpm":
-                state["bpm"] = float(command[1])
-            elif command[0] == "locate":
-                state["locate"] = True
-            elif command[0] == "play":
-                beat = tempo.segments[-1][2]
-                begin = int(command[1]) if len(command) > 1 else client.frame_time + beat
-                events = []
-                for on, held, pitch in PHRASE:
-                    events.append((int(begin + on * beat), bytes([0x90, pitch, 80])))
-                    events.append((int(begin + (on + held) * beat), bytes([0x80, pitch, 0])))
-                with lock:
-                    keys.extend(sorted(events))
-            elif command[0] == "quit":
-                break
+    def locate(_: list[str]) -> None:
+        state["locate"] = True
+
+    def play(args: list[str]) -> None:
+        beat = tempo.segments[-1][2]
+        daw.phrase(int(args[0]) if args else client.frame_time + beat, beat)
+
+    daw.serve({"start": lambda _: client.transport_start(), "stop": lambda _: client.transport_stop(),
+               "bpm": bpm_from_next_beat, "locate": locate, "play": play})
 
 
 if __name__ == "__main__":
