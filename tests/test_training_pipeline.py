@@ -155,7 +155,12 @@ def test_two_worker_processes_train_one_model(pipeline, tmp_path):
              "--steps-per-epoch", "2", "--seq-len", "32", "--batch", "8", "--epochs", "1",
              "--strategy", "multiworker"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True))
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:  # a worker whose peer failed waits for it for ever: never leave one behind
+        for p in processes:
+            p.kill()
+            p.wait()
     assert [p.returncode for p in processes] == [0, 0], "\n".join(outputs)
 
     def weights(index):
