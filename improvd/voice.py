@@ -33,6 +33,7 @@ class Voice:
         self.stream, self.sampler, self.counters, self.live, self.beat = stream, sampler, counters, live, beat
         self.journal = Journal()
         self.floor = 0.0  # no message before the last placed onset: output times never go back
+        self.last = 0.0  # the time of the last message played: no onset is pulled back before it
         self.answering = False
         self.plan = Plan(0.0, 0.0, 0.0)  # the current (or last) answer's
         self.offset = 0.0  # output times are stream times plus this (the plan's, while answering)
@@ -55,7 +56,7 @@ class Voice:
             return False
         self.stream.restore(before)
         self.script.clear()
-        self.floor = 0.0
+        self.floor = self.last = 0.0
         return True
 
     def stop(self) -> None:
@@ -112,6 +113,7 @@ class Voice:
                 at = placed
             message = self._emit(token, at)
             if message is not None:
+                self.last = at
                 # The planned time of the answer's first note: its deadline, or the grid line after it.
                 deadline = at if message.type == "note_on" and opening else None
                 messages.append(Timed(at, message, deadline))
@@ -123,7 +125,7 @@ class Voice:
     def _place(self, at: float, now: float) -> float:
         """Where an onset due ``at`` is played: on the grid, when asked (within half a tick
         of a grid line already passed, else ahead); the stream moves on to it first."""
-        placed = self.beat.place(at, now, vocab.TICK_S / 2)
+        placed = self.beat.place(at, now, max(0.0, min(vocab.TICK_S / 2, at - self.last)))
         for token in vocab.time_shift_tokens(ticks(placed - self.offset) - self.stream.encoder.tick):
             self._emit(token)
         self.floor = placed

@@ -105,11 +105,20 @@ def test_what_the_port_already_holds_counts_as_heard_at_a_barge_in():
     room = Room()
     events = phrase(0.0)
     deadline = max(t for t, _ in events) + SILENCE
-    run(eng, room, 0.0, deadline + 1.0, events=events)
-    # A moment when the port already holds an answer note that is not yet due.
-    due = min(t for t, _, timed in room.queue if timed.message.type == "note_on" and t > deadline + 1.0 + lead)
-    barge = due - lead / 2
-    run(eng, room, deadline + 1.01, barge)
+    now = deadline + 0.2
+    run(eng, room, 0.0, now, events=events)
+
+    def coming() -> list[float]:
+        return [t for t, _, timed in room.queue if timed.message.type == "note_on" and t > now + lead]
+
+    while not coming():  # on to a moment when an answer note lies queued beyond the port's lead
+        run(eng, room, now + 0.01, now + 0.05)
+        now += 0.05
+        assert now < deadline + 4.0, "the answer has no note to barge in on"
+    # The port already holds that note, not yet due.
+    barge = min(coming()) - lead / 2
+    due = min(coming())
+    run(eng, room, now + 0.01, barge)
     room.advance(barge + lead)  # handed over: as good as played
     assert any(t.time == due for t in room.sent)
     reply = eng.on_message(note("note_on", 60), barge, barge)

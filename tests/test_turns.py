@@ -28,8 +28,8 @@ def test_a_live_poll_generates_a_few_events_and_the_next_ones_go_on_from_there()
     """Live, each poll generates at most ``generate_steps`` events, so the first ones can be
     queued while the rest of the lookahead is made: polled again at once, the engine plays
     exactly what one poll of the whole lookahead plays."""
-    whole = make_engine(mode="duet", lookahead_ms=400, seed=5)
-    chunked = make_engine(mode="duet", lookahead_ms=400, seed=5, generate_steps=3)
+    whole = make_engine(mode="duet", lookahead_ms=2000, seed=5)
+    chunked = make_engine(mode="duet", lookahead_ms=2000, seed=5, generate_steps=3)
     now = 1.0
     for eng in (whole, chunked):
         eng.on_message(note("note_on", 60), now, now)
@@ -38,7 +38,7 @@ def test_a_live_poll_generates_a_few_events_and_the_next_ones_go_on_from_there()
     while True:
         fresh = [m for m in chunked.poll(now).messages if not m.passthrough]
         polls += 1
-        if not fresh and chunked.stream.time >= now + 0.4:
+        if not fresh and chunked.stream.time >= now + 2.0:
             break
         got += [(m.time, m.message) for m in fresh]
     assert got == expected and len(expected) > 3 and polls > 2
