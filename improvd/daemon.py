@@ -287,6 +287,7 @@ class Daemon:
         now = time.monotonic()
         if event in (Event.INPUT_LOST, Event.SERVER_LOST):
             self.scheduler.submit(self.engine.release_player(now))
+            self.scheduler.release_echoed(now)  # and whatever of the player's the room still hears
         if event in (Event.OUTPUT_LOST, Event.SERVER_LOST):
             self._silence()
         if event is Event.SERVER_BACK:

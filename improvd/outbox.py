@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from improvd.reply import Reply, Timed
 
 SETTLE = object()  # queued at an answer's end: release what it left sounding
+PLAYER_GONE = object()  # queued when the player went: release their echoed notes still sounding
 
 
 class Outbox:
@@ -28,19 +29,23 @@ class Outbox:
         if reply.cancel_after is not None:
             self._keep(lambda entry: entry[0] <= reply.cancel_after)
         if reply.release:  # what is still queued of the line being stopped is stale too
-            self._keep(lambda entry: entry[2] is not SETTLE and entry[2].passthrough)
+            self._keep(lambda entry: entry[2] is PLAYER_GONE or (entry[2] is not SETTLE and entry[2].passthrough))
         for timed in reply.messages:
             heapq.heappush(self._entries, (timed.time, next(self._order), timed))
         if reply.settle_at is not None:
             heapq.heappush(self._entries, (reply.settle_at, next(self._order), SETTLE))
         return reply.release
 
+    def mark(self, at: float, marker: object) -> None:
+        """A marker (PLAYER_GONE) at ``at``, after what is already queued for that time."""
+        heapq.heappush(self._entries, (at, next(self._order), marker))
+
     def due(self) -> float | None:
         """When the first entry is due (None when empty)."""
         return self._entries[0][0] if self._entries else None
 
     def pop(self) -> Timed | object:
-        """The first entry: a message, or SETTLE."""
+        """The first entry: a message, SETTLE or a marker."""
         return heapq.heappop(self._entries)[2]
 
     def clear(self) -> None:

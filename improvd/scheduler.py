@@ -19,7 +19,7 @@ from collections.abc import Callable
 import mido
 
 from improvd.errors import PortError
-from improvd.outbox import SETTLE, Outbox
+from improvd.outbox import PLAYER_GONE, SETTLE, Outbox
 from improvd.reply import Reply, Timed
 from improvd.telemetry import Telemetry
 
@@ -108,6 +108,14 @@ class Scheduler:
             self._queue.clear()
             self._release(self.sounding)
             self._release(self.passed_through)
+
+    def release_echoed(self, at: float) -> None:
+        """The player is gone: at ``at``, after the releases the engine queued for the keys
+        it knew held, release every echoed note of theirs still sounding (one whose NOTE_ON
+        reached the engine another way: a repeat, or a lost release on the way in)."""
+        with self._wake:
+            self._queue.mark(at, PLAYER_GONE)
+            self._wake.notify()
 
     def forget_all(self) -> None:
         """The output's peer is gone: drop what is queued and forget every sounding note
@@ -206,6 +214,9 @@ class Scheduler:
                     timed = self._queue.pop()
                     if timed is SETTLE:
                         self._settle()
+                        continue
+                    if timed is PLAYER_GONE:
+                        self._release(self.passed_through)
                         continue
                     self._send_now(timed.message, timed.time)
                     late = max(0.0, self.clock() - hand_over)

@@ -185,3 +185,18 @@ def test_a_note_handed_over_early_and_then_taken_back_is_ended_where_it_starts()
     assert (off(64), now + 0.15) in sent  # ended at its own time, not after the answer
     assert [m for m, _ in sent].count(off(64)) == 1 and [m for m, _ in sent].count(off(60)) == 1
     assert scheduler.telemetry.snapshot()["counters"]["notes_recalled"] == 1
+
+
+def test_a_player_gone_leaves_none_of_their_echoed_notes_sounding():
+    recorder = Recorder()
+    scheduler = started(recorder)
+    now = time.monotonic()
+    scheduler.submit(Reply([Timed(now, on(58), passthrough=True), Timed(now, on(60))]))
+    assert wait_until(lambda: len(recorder.notes()) == 2)
+    scheduler.submit(Reply([Timed(now + 0.01, off(58), passthrough=True)]))  # the engine's own release
+    scheduler.release_echoed(now + 0.01)
+    scheduler.submit(Reply([Timed(now, on(62), passthrough=True)]))  # ... of a key it did not know held
+    assert wait_until(lambda: off(62) in recorder.notes())
+    notes = recorder.notes()
+    assert notes.count(off(58)) == 1 and off(60) not in notes  # no second release; improvd's own note plays on
+    scheduler.stop()
