@@ -11,6 +11,7 @@ before every open.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import queue
@@ -118,7 +119,7 @@ class RtMidiBackend(Backend):
         pass
 
 
-class RtMidiPort:
+class RtMidiPort(abc.ABC):
     """What rtmidi inputs and outputs share: one client of their own, named ``name``."""
 
     def __init__(self, midi: RtMidiBackend) -> None:
@@ -127,10 +128,11 @@ class RtMidiPort:
         self.port_open = False
         self.lock = threading.Lock()
 
+    @abc.abstractmethod
     def _create(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
-        raise NotImplementedError
+        """A new rtmidi client of this port's direction."""
 
-    def _opening(self, rt: rtmidi.MidiIn | rtmidi.MidiOut) -> None:
+    def _opening(self, rt: rtmidi.MidiIn | rtmidi.MidiOut) -> None:  # noqa: B027 - a hook; an output needs none
         """Called just before a port of ``rt`` opens."""
 
     def _client(self) -> rtmidi.MidiIn | rtmidi.MidiOut:
